@@ -1,0 +1,15 @@
+"""lolvit: LOLViT backbones and Fast Window Attention for PyTorch and timm.
+
+Importing the package registers ``lolvit_s`` and ``lolvit_x`` with ``timm.create_model``.
+"""
+from . import models, nn
+from .io import load_checkpoint, save_checkpoint
+from .models import LOLViT, LOLViTConfig
+from .nn import build_attention, fuse
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOLViT", "LOLViTConfig", "build_attention", "fuse", "load_checkpoint", "save_checkpoint",
+    "models", "nn", "__version__",
+]

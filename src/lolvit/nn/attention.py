@@ -1,0 +1,272 @@
+"""Token-mixing attention mechanisms behind one interface.
+
+Every mechanism maps normalised tokens of a feature map to tokens of the same shape::
+
+    out, cache = attn(x, H, W, cache)      # x: (B, N = H*W, dim) -> out: (B, N, dim)
+
+``cache`` is the FAWA key sequence of Eq. 5 for :class:`FastWindowAttention`; the other
+mechanisms ignore it and return ``None``. Build one by name with :func:`build_attention`.
+"""
+import math
+from typing import Dict, Optional, Tuple, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from .functional import check_activation, column_sums, drelu, window_fold
+
+
+def _check_heads(dim: int, heads: int) -> int:
+    if not isinstance(dim, int) or not isinstance(heads, int):
+        raise TypeError(f"dim and heads must be int, got dim={dim!r}, heads={heads!r}")
+    if heads < 1 or dim % heads:
+        raise ValueError(f"heads={heads} must be >= 1 and divide the attention dim {dim}")
+    return dim // heads
+
+
+def _to_heads(x: Tensor, heads: int) -> Tensor:
+    """(B, N, heads*D) -> (B, heads, N, D)."""
+    B, N, C = x.shape
+    return x.reshape(B, N, heads, C // heads).transpose(1, 2)
+
+
+def _from_heads(x: Tensor) -> Tensor:
+    """(B, heads, N, D) -> (B, N, heads*D)."""
+    B, h, N, D = x.shape
+    return x.transpose(1, 2).reshape(B, N, h * D)
+
+
+class FastWindowAttention(nn.Module):
+    """Fast Window Attention (FWA, Eqs. 2-5).
+
+    Query and Token come from one projection; the Token sequence is aggregated by FAWA
+    (Eq. 4, window ``window`` columns, ``fold`` keys concatenated) and normalised, a shared
+    1x1 projection turns each per-head key into FWA_K and FWA_V (Eq. 5), and the weights are
+    DReLu(Q FWA_K^T / sqrt(D)) (Eq. 3), computed in fp32.
+
+    ``cache`` (B, heads, n, fold*D): the normalised FAWA keys of an earlier layer of the same
+    block; when given, FAWA is skipped and only the Query half of the projection runs.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 4,
+        fold: int = 1,
+        window: int = 1,
+        activation: str = "relu",
+        dp_init: float = 0.5,
+        eps: float = 1e-6,
+        **kwargs,
+    ):
+        super().__init__()
+        self.head_dim = _check_heads(dim, heads)
+        if fold < 1 or window < 1:
+            raise ValueError(f"fold and window must be >= 1, got fold={fold}, window={window}")
+        self.dim = dim
+        self.heads = heads
+        self.fold = fold
+        self.window = window
+        self.activation = check_activation(activation)
+        self.eps = eps
+        self.scale = self.head_dim ** -0.5
+        self.qt = nn.Linear(dim, 2 * dim)
+        self.kv = nn.Linear(fold * self.head_dim, 2 * self.head_dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dp = nn.Parameter(torch.tensor(float(dp_init)))
+
+    def keys(self, x: Tensor, H: int, W: int) -> Tensor:
+        """Normalised FAWA keys of the Token sequence: (B, N, dim) -> (B, heads, n, fold*D).
+
+        FAWA is linear, so the column sums of Token = x W_t^T + b_t are computed as
+        (column sums of x) W_t^T + H b_t: the Token projection runs on W columns, not N tokens.
+        """
+        d = self.dim
+        cols = column_sums(x, H, W)
+        tokens = F.linear(cols, self.qt.weight[d:], self.qt.bias[d:] * H)
+        keys = window_fold(_to_heads(tokens, self.heads), self.window, self.fold)
+        return F.layer_norm(keys, (keys.shape[-1],), eps=1e-5)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """DReLu(q k^T * scale) v: (B, h, N, D), (B, h, n, D) x2 -> (B, h, N, D), in fp32."""
+        q, k, v = q.float(), k.float(), v.float()
+        scores = torch.matmul(q, k.transpose(-2, -1))
+        if self.activation == "relu" or self.activation == "leaky_relu":
+            # positively homogeneous: act(c s) = c act(s), so the Eq. 3 scale moves onto V
+            c = self.scale / ((self.dp.float() + self.eps) * k.shape[-2])
+            act = F.relu(scores) if self.activation == "relu" else F.leaky_relu(scores, 0.01)
+            return torch.matmul(act, v * c)
+        return torch.matmul(drelu(scores * self.scale, self.dp, self.eps, self.activation), v)
+
+    @torch.jit.unused
+    def _attend_autocast_off(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if torch.is_autocast_enabled(q.device.type):
+            with torch.autocast(q.device.type, enabled=False):
+                return self.attend(q, k, v)
+        return self.attend(q, k, v)
+
+    def forward(
+        self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        d = self.dim
+        q = _to_heads(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), self.heads)
+        if cache is None:
+            cache = self.keys(x, H, W)
+        k, v = self.kv(cache).chunk(2, dim=-1)
+        if torch.jit.is_scripting():
+            o = self.attend(q, k, v)
+        else:
+            o = self._attend_autocast_off(q, k, v)
+        return self.proj(_from_heads(o.to(q.dtype))), cache
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, heads={self.heads}, fold={self.fold}, window={self.window}, "
+            f"activation={self.activation}"
+        )
+
+
+class FastWindowAttentionSoftmax(FastWindowAttention):
+    """FWA with SoftMax weights instead of DReLu (the paper's FWA(SoftMax) ablation)."""
+
+    def __init__(self, dim: int, heads: int = 4, fold: int = 1, window: int = 1, **kwargs):
+        kwargs.pop("activation", None)
+        kwargs.pop("dp_init", None)
+        super().__init__(dim, heads, fold, window, activation="relu", **kwargs)
+        del self.dp
+        self.activation = "softmax"
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
+
+    def forward(
+        self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        d = self.dim
+        q = _to_heads(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), self.heads)
+        if cache is None:
+            cache = self.keys(x, H, W)
+        k, v = self.kv(cache).chunk(2, dim=-1)
+        return self.proj(_from_heads(self.attend(q, k, v))), cache
+
+
+class MultiHeadSelfAttention(nn.Module):
+    """Global multi-head self-attention (Eq. 1) over all N tokens, via SDPA."""
+
+    def __init__(self, dim: int, heads: int = 4, **kwargs):
+        super().__init__()
+        self.head_dim = _check_heads(dim, heads)
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        B, N, C = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+        return self.proj(_from_heads(o)), None
+
+
+class AgentAttention(nn.Module):
+    """Agent Attention (Han et al., ECCV 2024), in the form of its authors' PVT/Swin code.
+
+    ``agents`` agent tokens are average-pooled from the query map; agents first attend to the
+    keys (softmax, agent biases), then the queries attend to the agents (softmax, query
+    biases); a 3x3 depthwise convolution of V is added. Position biases are learned at a
+    reference size and bilinearly resized to the actual H x W.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, agents: int = 49, bias_size: int = 7, **kwargs):
+        super().__init__()
+        self.head_dim = _check_heads(dim, heads)
+        pool = int(round(math.sqrt(agents)))
+        if pool * pool != agents:
+            raise ValueError(f"agents={agents} must be a perfect square (pooled to a square grid)")
+        self.heads = heads
+        self.pool = pool
+        self.agents = agents
+        self.scale = self.head_dim ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dwc = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        s = bias_size
+        self.an_bias = nn.Parameter(torch.zeros(heads, agents, s, s))
+        self.na_bias = nn.Parameter(torch.zeros(heads, agents, s, s))
+        self.ah_bias = nn.Parameter(torch.zeros(heads, agents, s))
+        self.aw_bias = nn.Parameter(torch.zeros(heads, agents, s))
+        self.ha_bias = nn.Parameter(torch.zeros(heads, agents, s))
+        self.wa_bias = nn.Parameter(torch.zeros(heads, agents, s))
+        for p in (self.an_bias, self.na_bias, self.ah_bias, self.aw_bias, self.ha_bias, self.wa_bias):
+            nn.init.trunc_normal_(p, std=0.02)
+
+    def _bias(self, full: Tensor, rows: Tensor, cols: Tensor, H: int, W: int) -> Tensor:
+        """Resize (heads, agents, s, s) and two (heads, agents, s) biases -> (1, heads, agents, H*W)."""
+        h, a = self.heads, self.agents
+        b = F.interpolate(full, size=(H, W), mode="bilinear", align_corners=False)
+        r = F.interpolate(rows, size=H, mode="linear", align_corners=False)
+        c = F.interpolate(cols, size=W, mode="linear", align_corners=False)
+        b = b + r.unsqueeze(-1) + c.unsqueeze(-2)
+        return b.reshape(1, h, a, H * W)
+
+    def forward(
+        self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=-1)
+        agent = F.adaptive_avg_pool2d(q.transpose(1, 2).reshape(B, C, H, W), (self.pool, self.pool))
+        agent = _to_heads(agent.flatten(2).transpose(1, 2), self.heads)  # (B, h, a, D)
+        qh, kh, vh = _to_heads(q, self.heads), _to_heads(k, self.heads), _to_heads(v, self.heads)
+        agent_bias = self._bias(self.an_bias, self.ah_bias, self.aw_bias, H, W)
+        agent_attn = torch.softmax((agent * self.scale) @ kh.transpose(-2, -1) + agent_bias, dim=-1)
+        agent_v = agent_attn @ vh  # (B, h, a, D)
+        query_bias = self._bias(self.na_bias, self.ha_bias, self.wa_bias, H, W).transpose(-2, -1)
+        q_attn = torch.softmax((qh * self.scale) @ agent.transpose(-2, -1) + query_bias, dim=-1)
+        o = _from_heads(q_attn @ agent_v)
+        o = o + self.dwc(v.transpose(1, 2).reshape(B, C, H, W)).flatten(2).transpose(1, 2)
+        return self.proj(o), None
+
+
+class SeparableSelfAttention(nn.Module):
+    """MobileViTv2 separable self-attention (SSA): linear in N, one context vector."""
+
+    def __init__(self, dim: int, heads: int = 1, **kwargs):
+        super().__init__()
+        _check_heads(dim, heads)
+        self.dim = dim
+        self.qkv = nn.Linear(dim, 1 + 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(
+        self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
+    ) -> Tuple[Tensor, Optional[Tensor]]:
+        i, k, v = self.qkv(x).split([1, self.dim, self.dim], dim=-1)
+        scores = torch.softmax(i, dim=1)  # (B, N, 1) over tokens
+        context = (k * scores).sum(dim=1, keepdim=True)  # (B, 1, dim)
+        return self.proj(F.relu(v) * context), None
+
+
+ATTENTIONS: Dict[str, Type[nn.Module]] = {
+    "fwa": FastWindowAttention,
+    "fwa_softmax": FastWindowAttentionSoftmax,
+    "mhsa": MultiHeadSelfAttention,
+    "agent": AgentAttention,
+    "ssa": SeparableSelfAttention,
+}
+
+
+def build_attention(name: str, dim: int, heads: int = 4, **kwargs) -> nn.Module:
+    """Build an attention mechanism by name: one of ``ATTENTIONS``.
+
+    FWA options: ``fold``, ``window``, ``activation`` (relu, leaky_relu, relu6, silu),
+    ``dp_init``, ``eps``; Agent Attention: ``agents``, ``bias_size``. Options a mechanism
+    does not use are ignored, so one config can switch mechanisms.
+    """
+    if name not in ATTENTIONS:
+        raise ValueError(f"unknown attention {name!r}; choose one of {sorted(ATTENTIONS)}")
+    if "activation" in kwargs:
+        check_activation(kwargs["activation"])
+    return ATTENTIONS[name](dim, heads=heads, **kwargs)

@@ -1,0 +1,1 @@
+"""Tasks built on the models: summaries, prediction, classification, dense prediction."""
