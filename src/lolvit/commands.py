@@ -1,4 +1,4 @@
-"""Core commands: ``info``, ``predict``, ``demo``."""
+"""Core commands: ``info``, ``predict``, ``export``."""
 import argparse
 
 
@@ -8,6 +8,21 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
     p.add_argument("--num-classes", type=int, default=1000)
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("predict", help="top-k classes of images with a trained checkpoint")
+    p.add_argument("--checkpoint", required=True, help="checkpoint path (.safetensors with its .json)")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--topk", type=int, default=5)
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("export", help="export a checkpoint or a model name to ONNX (dynamic batch/height/width)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint path")
+    src.add_argument("--model", help="model name (random weights)")
+    p.add_argument("--output", required=True, help="output .onnx path")
+    p.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
+    p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers unfused")
+    p.set_defaults(func=_export)
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -20,7 +35,33 @@ def _info(args: argparse.Namespace) -> int:
     model = timm.create_model(args.model, num_classes=args.num_classes)
     if not isinstance(model, LOLViT):
         raise ValueError(f"lolvit info describes LOLViT models (lolvit_s, lolvit_x), not {args.model!r}")
-    print(f"{args.model}: {model.config.attention} attention, L={model.config.depths}, "
-          f"fold={model.config.folds}, patch={model.config.patches}, heads={model.config.heads}")
+    c = model.config
+    print(f"{args.model}: {c.attention} attention, L={c.depths}, fold={c.folds}, patch={c.patches}, heads={c.heads}")
     print(format_table(model, args.model, tuple(args.size)))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from lolvit.io import load_checkpoint
+    from lolvit.tasks.predict import predict_images
+
+    model = load_checkpoint(args.checkpoint)
+    for result in predict_images(model, args.images, args.topk):
+        print(result["path"])
+        for label, prob in result["topk"]:
+            print(f"  {prob:7.2%}  {label}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import timm
+
+    import lolvit
+    from lolvit.export import export_onnx
+
+    model = lolvit.load_checkpoint(args.checkpoint) if args.checkpoint else timm.create_model(args.model)
+    if not args.no_fuse:
+        lolvit.fuse(model)
+    path = export_onnx(model, args.output, tuple(args.size))
+    print(f"wrote {path}")
     return 0

@@ -142,7 +142,7 @@ class LOLViT(nn.Module):
         self.num_features = c[-1]
         self.head_hidden_size = head_hidden_size
         self.conv_head = ConvBNAct(c[-1], head_hidden_size, 1)
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_drop = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
@@ -161,7 +161,7 @@ class LOLViT(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
-            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.classifier = nn.Linear(self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
     @torch.jit.unused

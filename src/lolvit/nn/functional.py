@@ -40,8 +40,7 @@ def window_fold(columns: Tensor, window: int = 1, fold: int = 1) -> Tensor:
     width, dim = columns.shape[-2], columns.shape[-1]
     group = window * fold
     pad = (group - width % group) % group
-    if pad:
-        columns = F.pad(columns, (0, 0, 0, pad))
+    columns = F.pad(columns, (0, 0, 0, pad))  # unconditional: no shape-dependent branch for export
     n = (width + pad) // group
     lead = columns.shape[:-2]
     if window > 1:

@@ -1,0 +1,46 @@
+"""ONNX export with dynamic batch, height and width (torch.export + ONNX translation)."""
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+
+from .models import MIN_INPUT_SIZE
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Union[str, Path],
+    input_size: Sequence[int] = (224, 224),
+    in_chans: Optional[int] = None,
+    dynamic: bool = True,
+    max_size: int = 4096,
+) -> Path:
+    """Export ``model`` (put in eval mode) to ONNX: input ``images`` (B, C, H, W), output ``output``.
+
+    With ``dynamic``, batch, height and width are symbolic (H, W from the model's minimum input
+    size up to ``max_size``). Requires the ``onnx`` and ``onnxscript`` packages.
+    """
+    try:
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ImportError("ONNX export needs onnx and onnxscript: pip install 'lolvit[export]'") from e
+    model = model.eval()
+    if in_chans is None:
+        in_chans = getattr(model, "in_chans", 3)
+    h, w = int(input_size[0]), int(input_size[1])
+    # batch 2 as the example: a batch of 1 would be specialised as a constant
+    example = torch.randn(2, in_chans, h, w)
+    dynamic_shapes = None
+    if dynamic:
+        batch = torch.export.Dim("batch", min=1, max=4096)
+        height = torch.export.Dim("height", min=MIN_INPUT_SIZE, max=max_size)
+        width = torch.export.Dim("width", min=MIN_INPUT_SIZE, max=max_size)
+        dynamic_shapes = ({0: batch, 2: height, 3: width},)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes, strict=False)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_program = torch.onnx.export(program, (example,), input_names=["images"], output_names=["output"], dynamo=True)
+    onnx_program.save(str(path))
+    return path

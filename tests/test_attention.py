@@ -1,0 +1,147 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lolvit.nn import ACTIVATIONS, ATTENTIONS, build_attention
+from lolvit.nn.attention import AgentAttention, FastWindowAttention, SeparableSelfAttention
+from lolvit.nn.functional import drelu, fawa
+
+SIZES = [(4, 4), (3, 7), (7, 5), (1, 6), (9, 2)]
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTIONS))
+@pytest.mark.parametrize("H,W", SIZES)
+def test_forward_backward_shapes(name, H, W):
+    attn = build_attention(name, 32, heads=4, fold=2, agents=4)
+    x = torch.randn(2, H * W, 32, requires_grad=True)
+    out, cache = attn(x, H, W)
+    assert out.shape == x.shape
+    assert (cache is not None) == name.startswith("fwa")
+    out.square().mean().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    for n, p in attn.named_parameters():
+        assert p.grad is not None, f"{name}: no gradient for {n}"
+
+
+def fwa_reference(attn: FastWindowAttention, x, H, W, activation):
+    """FWA straight from Eqs. 2-5: project all tokens, FAWA per head, normalise, 1x1 K/V, DReLu."""
+    B, N, C = x.shape
+    h, D = attn.heads, attn.head_dim
+    q, tok = attn.qt(x).chunk(2, dim=-1)
+    q = q.reshape(B, N, h, D).transpose(1, 2)
+    tok = tok.reshape(B, N, h, D).transpose(1, 2)
+    keys = fawa(tok, H, W, attn.window, attn.fold)
+    keys = F.layer_norm(keys, (keys.shape[-1],))
+    k, v = attn.kv(keys).chunk(2, dim=-1)
+    weights = drelu(q @ k.transpose(-2, -1) / math.sqrt(D), attn.dp, attn.eps, activation)
+    o = (weights @ v).transpose(1, 2).reshape(B, N, C)
+    return attn.proj(o)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("H,W,window,fold", [(4, 4, 1, 1), (5, 7, 1, 2), (6, 9, 2, 2), (3, 7, 1, 4)])
+def test_fwa_matches_equations(activation, H, W, window, fold):
+    attn = build_attention("fwa", 24, heads=3, fold=fold, window=window, activation=activation)
+    x = torch.randn(2, H * W, 24)
+    out, _ = attn(x, H, W)
+    torch.testing.assert_close(out, fwa_reference(attn, x, H, W, activation), rtol=1e-4, atol=1e-5)
+
+
+def test_fwa_key_length_and_cache_shape():
+    attn = build_attention("fwa", 32, heads=4, fold=2)
+    _, cache = attn(torch.randn(1, 10 * 14, 32), 10, 14)
+    assert cache.shape == (1, 4, 7, 2 * 8)
+    _, cache = attn(torch.randn(1, 10 * 15, 32), 10, 15)
+    assert cache.shape == (1, 4, 8, 2 * 8)
+
+
+def test_fwa_uses_given_cache():
+    attn = build_attention("fwa", 16, heads=2)
+    x = torch.randn(1, 12, 16)
+    _, cache = attn(x, 3, 4)
+    out_same, c2 = attn(x, 3, 4, cache)
+    assert c2 is cache
+    torch.testing.assert_close(out_same, attn(x, 3, 4)[0])
+    out_other, _ = attn(x, 3, 4, torch.randn_like(cache))
+    assert not torch.allclose(out_other, out_same)
+
+
+def test_fwa_dp_is_learnable_scalar():
+    attn = build_attention("fwa", 16, heads=2)
+    assert attn.dp.shape == () and attn.dp.item() == 0.5
+    attn(torch.randn(1, 12, 16), 3, 4)[0].sum().backward()
+    assert attn.dp.grad is not None and attn.dp.grad.item() != 0.0
+    assert "dp" not in dict(build_attention("fwa_softmax", 16, heads=2).named_parameters())
+
+
+def test_fwa_softmax_matches_reference():
+    attn = build_attention("fwa_softmax", 16, heads=2, fold=2)
+    x = torch.randn(2, 20, 16)
+    B, N, C = x.shape
+    q, _ = attn.qt(x).chunk(2, -1)
+    q = q.reshape(B, N, 2, 8).transpose(1, 2)
+    k, v = attn.kv(attn.keys(x, 4, 5)).chunk(2, -1)
+    ref = attn.proj(((q @ k.transpose(-2, -1) / math.sqrt(8)).softmax(-1) @ v).transpose(1, 2).reshape(B, N, C))
+    torch.testing.assert_close(attn(x, 4, 5)[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_mhsa_matches_softmax_attention():
+    attn = build_attention("mhsa", 16, heads=2)
+    x = torch.randn(2, 12, 16)
+    q, k, v = attn.qkv(x).reshape(2, 12, 3, 2, 8).permute(2, 0, 3, 1, 4)
+    ref = attn.proj(((q @ k.transpose(-2, -1) / math.sqrt(8)).softmax(-1) @ v).transpose(1, 2).reshape(2, 12, 16))
+    torch.testing.assert_close(attn(x, 3, 4)[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_ssa_matches_mobilevitv2_definition():
+    attn = SeparableSelfAttention(16)
+    x = torch.randn(2, 12, 16)
+    qkv = attn.qkv(x)
+    i, k, v = qkv[..., :1], qkv[..., 1:17], qkv[..., 17:]
+    context = sum(torch.softmax(i, dim=1)[:, t] * k[:, t] for t in range(12))  # (B, 16)
+    ref = attn.proj(F.relu(v) * context[:, None])
+    torch.testing.assert_close(attn(x, 3, 4)[0], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_agent_biases_resize_to_input():
+    attn = AgentAttention(16, heads=2, agents=9, bias_size=5)
+    for H, W in [(2, 3), (5, 5), (11, 7)]:
+        out, _ = attn(torch.randn(1, H * W, 16), H, W)
+        assert out.shape == (1, H * W, 16)
+    b = attn._bias(attn.an_bias, attn.ah_bias, attn.aw_bias, 5, 5)
+    torch.testing.assert_close(
+        b.reshape(2, 9, 5, 5), attn.an_bias + attn.ah_bias[..., None] + attn.aw_bias[..., None, :]
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_drelu_attention_no_overflow_under_autocast(dtype):
+    attn = build_attention("fwa", 32, heads=1)
+    with torch.no_grad():
+        attn.kv.weight.fill_(0.0)
+        attn.kv.bias[:32].fill_(400.0)  # every key = 400: q.k = 32 * 400 * 400 overflows fp16 (max 65504)
+        attn.kv.bias[32:].fill_(0.01)  # small values: the attention output itself fits fp16
+        attn.qt.weight.fill_(0.0)
+        attn.qt.bias.fill_(400.0)
+    x = torch.randn(1, 16, 32)
+    q = attn.qt(x)[..., :32]
+    assert not torch.isfinite((q.half() @ q.half().transpose(-2, -1))).all()  # fp16 would overflow
+    with torch.autocast("cpu", dtype=dtype):
+        out, _ = attn(x, 4, 4)
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out.float(), attn(x, 4, 4)[0], rtol=2e-2, atol=2e-2 * attn(x, 4, 4)[0].abs().max().item())
+
+
+def test_bad_construction():
+    with pytest.raises(ValueError, match="unknown attention"):
+        build_attention("linformer", 16)
+    with pytest.raises(ValueError, match="divide"):
+        build_attention("fwa", 30, heads=4)
+    with pytest.raises(ValueError, match="unknown DReLu activation"):
+        build_attention("fwa", 16, heads=2, activation="gelu")
+    with pytest.raises(TypeError):
+        build_attention("mhsa", 16.0, heads=2)
+    with pytest.raises(ValueError, match="perfect square"):
+        build_attention("agent", 16, heads=2, agents=10)

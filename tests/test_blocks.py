@@ -1,0 +1,88 @@
+from unittest import mock
+
+import pytest
+import torch
+
+import lolvit.nn.attention as attention_mod
+from lolvit.nn import FeatureFusion, GhostConv, GhostNetBlock, LOLViTBlock, MobileViTFusion
+from lolvit.tasks.summary import count_params
+
+
+def test_ghostconv_params():
+    assert count_params(GhostConv(32, 64)) == 32 * (32 + 29)
+
+
+@pytest.mark.parametrize(
+    "c1,c2,s,se,expected",
+    [
+        (16, 32, 1, False, 2448), (32, 48, 2, False, 6872), (48, 48, 1, False, 6696), (48, 64, 2, True, 17208),
+        (64, 96, 2, True, 30288), (96, 128, 2, True, 60528), (128, 192, 2, True, 109728),
+        (32, 32, 1, False, 3440), (32, 64, 2, False, 8160), (64, 64, 1, False, 10976),
+    ],
+)
+def test_ghostnet_block_rows(c1, c2, s, se, expected):
+    block = GhostNetBlock(c1, c2, s, se)
+    assert count_params(block) == expected
+    y = block(torch.randn(2, c1, 9, 11))
+    assert y.shape == (2, c2, -(-9 // s), -(-11 // s))
+
+
+def test_fusion_param_formulas():
+    for c in (64, 96, 128):
+        assert count_params(FeatureFusion(c)) == 5 * c * c + 82 * c
+        assert count_params(MobileViTFusion(c)) == 18 * c * c + 2 * c
+
+
+def _count_fawa(block, x):
+    calls = []
+    original = attention_mod.column_sums
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    with mock.patch.object(attention_mod, "column_sums", counting):
+        out = block(x)
+    return out, len(calls)
+
+
+def test_cache_identical_for_single_layer():
+    torch.manual_seed(0)
+    a = LOLViTBlock(32, 48, depth=1, fold=2, cache=True).eval()
+    b = LOLViTBlock(32, 48, depth=1, fold=2, cache=False).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 32, 7, 9)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+
+
+def test_cache_skips_fawa_in_later_layers():
+    cached = LOLViTBlock(32, 48, depth=3, fold=2, cache=True).eval()
+    uncached = LOLViTBlock(32, 48, depth=3, fold=2, cache=False).eval()
+    assert count_params(cached) == count_params(uncached)
+    uncached.load_state_dict(cached.state_dict())
+    x = torch.randn(1, 32, 6, 8)
+    out_c, n_c = _count_fawa(cached, x)
+    out_u, n_u = _count_fawa(uncached, x)
+    assert (n_c, n_u) == (1, 3)
+    assert out_c.shape == out_u.shape
+    assert not torch.allclose(out_c, out_u)  # later layers really use the first layer's keys
+
+
+@pytest.mark.parametrize("attention", ["fwa", "fwa_softmax", "mhsa", "agent", "ssa"])
+@pytest.mark.parametrize("fusion", ["feature_fusion", "mobilevit"])
+def test_lolvit_block_any_attention(attention, fusion):
+    block = LOLViTBlock(32, 48, depth=2, heads=4, fold=2, patch=2, attention=attention, fusion=fusion)
+    x = torch.randn(2, 32, 5, 7, requires_grad=True)
+    y = block(x)
+    assert y.shape == x.shape
+    y.mean().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+def test_block_bad_args():
+    with pytest.raises(ValueError, match="fusion"):
+        LOLViTBlock(32, 48, fusion="add")
+    with pytest.raises(ValueError, match="depth"):
+        LOLViTBlock(32, 48, depth=0)
+    with pytest.raises(ValueError, match="stride"):
+        GhostNetBlock(16, 16, 3)
