@@ -5,7 +5,7 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .models import MIN_INPUT_SIZE
+EXPORT_MIN_SIZE = 64  # a 1-pixel /32 map would be specialised as a constant by torch.export
 
 
 def export_onnx(
@@ -18,8 +18,8 @@ def export_onnx(
 ) -> Path:
     """Export ``model`` (put in eval mode) to ONNX: input ``images`` (B, C, H, W), output ``output``.
 
-    With ``dynamic``, batch, height and width are symbolic (H, W from the model's minimum input
-    size up to ``max_size``). Requires the ``onnx`` and ``onnxscript`` packages.
+    With ``dynamic``, batch, height and width are symbolic (H and W from 64 up to
+    ``max_size``). Requires the ``onnx`` and ``onnxscript`` packages.
     """
     try:
         import onnxscript  # noqa: F401
@@ -34,11 +34,15 @@ def export_onnx(
     dynamic_shapes = None
     if dynamic:
         batch = torch.export.Dim("batch", min=1, max=4096)
-        height = torch.export.Dim("height", min=MIN_INPUT_SIZE, max=max_size)
-        width = torch.export.Dim("width", min=MIN_INPUT_SIZE, max=max_size)
+        height = torch.export.Dim("height", min=EXPORT_MIN_SIZE, max=max_size)
+        width = torch.export.Dim("width", min=EXPORT_MIN_SIZE, max=max_size)
         dynamic_shapes = ({0: batch, 2: height, 3: width},)
     with torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes, strict=False)
+        # shape checks of the fold/window reshapes become runtime asserts instead of guards
+        program = torch.export.export(
+            model, (example,), dynamic_shapes=dynamic_shapes, strict=False,
+            prefer_deferred_runtime_asserts_over_guards=True,
+        )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx_program = torch.onnx.export(program, (example,), input_names=["images"], output_names=["output"], dynamo=True)
