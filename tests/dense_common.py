@@ -59,3 +59,11 @@ def add_bad_samples(images: Path, labels: Path, polygons: bool = False) -> int:
         (labels / f"{name}.txt").write_text(text)
     (images / "bad_nolabel.jpg").write_bytes(src)
     return 3  # decode, malformed line, outside box; empty/no label = background images
+
+
+def json_tail(printed: str):
+    """The JSON document a command printed last (after any progress/log lines)."""
+    import json
+
+    start = 0 if printed.startswith("{") else printed.index("\n{\n") + 1
+    return json.loads(printed[start:])

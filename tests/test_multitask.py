@@ -1,4 +1,5 @@
 """Drivable-area + lane multi-task head (issue 5): shapes, losses, three metric variants, training."""
+import json
 import math
 import shutil
 
@@ -47,15 +48,21 @@ def test_losses_and_metric_variants_by_hand():
     assert math.isclose(m["per_image"]["pixel_acc"], (0.5 + 1 + 1) / 3)
 
 
-def test_train_val_offline(roads, tmp_path, no_network):
+def test_train_val_offline(roads, tmp_path, no_network, capsys):
     report = mt.train_multitask(roads, "lolvit_s", size=SIZE, epochs=1, batch=3, out=tmp_path / "mt", threads=2)
     assert report["loss"][0]["total"] > 0 and report["train_images"] == 6
     metrics = report["val"]["metrics"]
     assert set(metrics) == {"per_image (A-YOLOM)", "per_batch (YOLOP)", "dataset"}
     for values in metrics.values():
         assert 0.0 <= values["drivable_mIoU"] <= 1.0 and 0.0 <= values["lane_acc"] <= 1.0
-    again = mt.evaluate_multitask(mt.load_multitask(report["checkpoint"]), roads, "val", SIZE, batch=3)
+    from lolvit.cli import main
+
+    capsys.readouterr()
+    assert main(["multitask", "val", str(roads), "--checkpoint", report["checkpoint"], "--size", "64", "96",
+                 "--batch", "3"]) == 0
+    again = json.loads(capsys.readouterr().out)
     assert again["metrics"]["dataset"] == pytest.approx(metrics["dataset"], nan_ok=True)
+    assert main(["multitask", "val", str(roads), "--checkpoint", str(tmp_path / "nothing")]) == 2
     fps = mt.measure_fps(mt.load_multitask(report["checkpoint"]), SIZE, threads=1, warmup=1, runs=3)
     assert fps["fps"] > 0
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from dense_common import make_tiny_scenes, no_network  # noqa: F401
+from dense_common import json_tail, make_tiny_scenes, no_network  # noqa: F401
 
 pytest.importorskip("pycocotools")
 
@@ -33,16 +33,19 @@ def test_ssd_maps_and_anchors():
         ssd.build_ssd(0)
 
 
-def test_ssd_train_val_coco_and_yolo_labels(scenes, tmp_path, no_network):
+def test_ssd_train_val_coco_and_yolo_labels(scenes, tmp_path, no_network, capsys):
     report = ssd.train_ssd(scenes / "det" / "images" / "train", scenes / "annotations" / "instances_train.json",
                            num_classes=10, size=96, epochs=1, batch=4, out=tmp_path / "ssd",
                            val_images=scenes / "det" / "images" / "val",
                            val_labels=scenes / "det" / "labels" / "val", threads=2)
     assert len(report["loss"]) == 1 and report["loss"][0] > 0
     assert 0.0 <= report["val"]["map50_95"] <= 1.0 and report["val"]["images"] == 4
-    model = ssd.load_ssd(report["checkpoint"])
-    again = ssd.evaluate_ssd(model, scenes / "det" / "images" / "val", scenes / "annotations" / "instances_val.json",
-                             batch=4)
+    from lolvit.cli import main
+
+    capsys.readouterr()
+    assert main(["ssd", "val", "--checkpoint", report["checkpoint"], "--images", str(scenes / "det" / "images" / "val"),
+                 "--labels", str(scenes / "annotations" / "instances_val.json"), "--batch", "4"]) == 0
+    again = json_tail(capsys.readouterr().out)  # after pycocotools' summary lines
     assert again["map50_95"] == pytest.approx(report["val"]["map50_95"], abs=1e-6)  # COCO json == YOLO txt labels
 
 

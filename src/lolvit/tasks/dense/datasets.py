@@ -20,12 +20,14 @@ _TOL = 0.01  # relative tolerance for box coordinates slightly outside the image
 
 
 def _decodes(path: Path) -> Optional[Tuple[int, int]]:
-    """(width, height) of an image that fully decodes, else None."""
+    """(width, height) of an image that fully decodes, else None. Any decoder failure counts as
+    undecodable (PIL raises OSError/SyntaxError/ValueError; patched openers, e.g. ultralytics'
+    HEIF fallback, may raise ImportError)."""
     try:
         with Image.open(path) as im:
             im.load()
             return im.size
-    except (OSError, ValueError, Image.DecompressionBombError):
+    except Exception:
         return None
 
 
