@@ -18,17 +18,21 @@ class NetworkBlocked(RuntimeError):
     pass
 
 
-def _refuse(*args, **kwargs):
-    raise NetworkBlocked(f"network access attempted during an offline test: {args[1:] if args else kwargs}")
-
-
 @pytest.fixture
 def no_network(monkeypatch):
-    """Every outgoing connection or DNS lookup raises; a test using this proves it runs offline."""
-    monkeypatch.setattr(socket.socket, "connect", _refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", _refuse)
-    monkeypatch.setattr(socket, "create_connection", _refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", _refuse)
+    """Every outgoing connection or DNS lookup raises, and is recorded: the test fails at teardown
+    if anything tried the network, even when the caller swallowed the error."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[1:] if args else kwargs))
+        raise NetworkBlocked(f"network access attempted during an offline test: {attempts[-1]}")
+
+    for owner, name in ((socket.socket, "connect"), (socket.socket, "connect_ex"),
+                        (socket, "create_connection"), (socket, "getaddrinfo")):
+        monkeypatch.setattr(owner, name, refuse)
+    yield
+    assert not attempts, f"network access attempted: {attempts}"
 
 
 def need_fashion():

@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-import torch
 import torch.nn as nn
 from torch import Tensor
 

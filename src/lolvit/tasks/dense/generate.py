@@ -12,7 +12,6 @@ used by YOLOP / A-YOLOM: ``images/{split}/*.jpg``, ``da_seg_annotations/{split}/
 """
 import gzip
 import json
-import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
