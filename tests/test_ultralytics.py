@@ -110,9 +110,16 @@ def test_detect_train_val_predict_export_offline(scenes, tmp_path, no_network, c
 
 
 def test_segment_train_val_offline(scenes, tmp_path, no_network):
-    yolo, _ = lu.train("lolvit-s-seg", scenes / "scenes-seg.yaml", epochs=1, imgsz=IMGSZ, batch=4,
+    data = tmp_path / "data"
+    shutil.copytree(scenes / "seg", data)
+    yaml_text = (scenes / "scenes-seg.yaml").read_text().replace(str((scenes / "seg").resolve()), str(data))
+    (tmp_path / "data.yaml").write_text(yaml_text)
+    dropped = add_bad_samples(data / "images" / "train", data / "labels" / "train", polygons=True)
+    n_train = len(list((data / "images" / "train").glob("*.jpg")))
+    yolo, _ = lu.train("lolvit-s-seg", tmp_path / "data.yaml", epochs=1, imgsz=IMGSZ, batch=4,
                        project=str(tmp_path / "runs"), name="seg", plots=False, seed=0)
-    metrics = lu.val(yolo.trainer.best, scenes / "scenes-seg.yaml", imgsz=IMGSZ, batch=4,
+    assert len(yolo.trainer.train_loader.dataset.labels) == n_train - dropped
+    metrics = lu.val(yolo.trainer.best, tmp_path / "data.yaml", imgsz=IMGSZ, batch=4,
                      project=str(tmp_path / "runs"), name="segval")
     assert 0.0 <= metrics.seg.map <= 1.0 and 0.0 <= metrics.box.map <= 1.0
 
