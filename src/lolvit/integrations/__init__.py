@@ -1,0 +1,1 @@
+"""Bridges to third-party frameworks (ultralytics); each module imports its framework lazily."""

@@ -1,0 +1,256 @@
+"""Loaders for dense tasks: detection (YOLO txt or COCO json) and road segmentation (BDD100K
+layout). Broken samples are skipped at scan time with a count and one warning, never mid-epoch."""
+import json
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+
+__all__ = ["DetectionDataset", "RoadSegDataset", "detection_collate", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+PathLike = Union[str, Path]
+_TOL = 0.01  # relative tolerance for box coordinates slightly outside the image
+
+
+def _decodes(path: Path) -> Optional[Tuple[int, int]]:
+    """(width, height) of an image that fully decodes, else None. Any decoder failure counts as
+    undecodable (PIL raises OSError/SyntaxError/ValueError; patched openers, e.g. ultralytics'
+    HEIF fallback, may raise ImportError)."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.size
+    except Exception:
+        return None
+
+
+def _warn(kind: str, root: Path, counts: Counter) -> None:
+    bad = {k: v for k, v in counts.items() if v and k not in ("images", "boxes", "background")}
+    if bad:
+        warnings.warn(f"{kind} {root}: skipped " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in bad.items()),
+                      stacklevel=3)
+
+
+class DetectionDataset(Dataset):
+    """Images + boxes from a YOLO txt folder (``cls cx cy w h`` normalised, or polygons) or a COCO
+    json file. Item: ``(image (3, H, W) float in [0, 1], {"boxes": (N, 4) xyxy pixels,
+    "labels": (N,) int64 in 1..K (0 is background), "image_id": int})``.
+
+    ``stats`` counts what was kept and skipped: undecodable images, malformed label lines, boxes
+    outside the image, missing label files (background), empty label files (background)."""
+
+    def __init__(self, images: PathLike, labels: PathLike, num_classes: Optional[int] = None,
+                 class_names: Optional[Sequence[str]] = None):
+        self.images_dir, labels = Path(images), Path(labels)
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"image folder {str(images)!r} does not exist")
+        if not labels.exists():
+            raise FileNotFoundError(f"labels {str(labels)!r} do not exist (COCO json file or YOLO txt folder)")
+        self.stats: Counter = Counter()
+        self.samples: List[Dict[str, Any]] = []
+        if labels.is_file():
+            self._scan_coco(labels)
+        else:
+            self._scan_yolo(labels, num_classes)
+        if class_names is not None:
+            self.class_names = list(class_names)
+        if not self.samples:
+            raise ValueError(f"no usable images in {str(images)!r} with labels {str(labels)!r}: {dict(self.stats)}")
+        self.num_classes = len(self.class_names)
+        _warn("detection data", self.images_dir, self.stats)
+
+    def _scan_yolo(self, folder: Path, num_classes: Optional[int]) -> None:
+        files = sorted(p for p in self.images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        top = -1
+        for path in files:
+            size = _decodes(path)
+            if size is None:
+                self.stats["undecodable_images"] += 1
+                continue
+            w, h = size
+            label = folder / f"{path.stem}.txt"
+            boxes, classes = [], []
+            if not label.is_file():
+                self.stats["missing_label_files"] += 1
+            else:
+                lines = [ln.split() for ln in label.read_text().splitlines() if ln.strip()]
+                if not lines:
+                    self.stats["empty_label_files"] += 1
+                for parts in lines:
+                    parsed = self._parse_yolo_line(parts, num_classes)
+                    if parsed is None:
+                        continue
+                    cls, (x0, y0, x1, y1) = parsed
+                    classes.append(cls)
+                    boxes.append([x0 * w, y0 * h, x1 * w, y1 * h])
+                    top = max(top, cls)
+            self._add(path, w, h, boxes, classes)
+        n = num_classes if num_classes is not None else top + 1
+        self.class_names = [str(i) for i in range(max(n, 1))]
+        self.category_ids = list(range(len(self.class_names)))
+
+    def _parse_yolo_line(self, parts: List[str], num_classes: Optional[int]):
+        try:
+            values = [float(v) for v in parts]
+        except ValueError:
+            self.stats["malformed_label_lines"] += 1
+            return None
+        if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0) or values[0] != int(values[0]) \
+                or values[0] < 0 or (num_classes is not None and values[0] >= num_classes):
+            self.stats["malformed_label_lines"] += 1
+            return None
+        cls = int(values[0])
+        if len(values) == 5:
+            cx, cy, bw, bh = values[1:]
+            box = [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]
+        else:
+            xy = np.asarray(values[1:]).reshape(-1, 2)
+            box = [xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()]
+        if min(box) < -_TOL or max(box) > 1 + _TOL or box[2] <= box[0] or box[3] <= box[1]:
+            self.stats["boxes_outside_image"] += 1
+            return None
+        return cls, [min(max(v, 0.0), 1.0) for v in box]
+
+    def _scan_coco(self, path: Path) -> None:
+        try:
+            coco = json.loads(path.read_text())
+            cats = sorted(coco["categories"], key=lambda c: c["id"])
+            images, anns = coco["images"], coco.get("annotations", [])
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not a COCO instances json ({e})") from None
+        self.category_ids = [int(c["id"]) for c in cats]
+        self.class_names = [str(c.get("name", c["id"])) for c in cats]
+        index = {cid: i for i, cid in enumerate(self.category_ids)}
+        by_image: Dict[Any, List[dict]] = {}
+        for a in anns:
+            by_image.setdefault(a.get("image_id"), []).append(a)
+        for info in images:
+            img_path = self.images_dir / str(info.get("file_name", ""))
+            size = _decodes(img_path) if img_path.is_file() else None
+            if size is None:
+                self.stats["undecodable_images" if img_path.is_file() else "missing_images"] += 1
+                continue
+            w, h = size
+            boxes, classes = [], []
+            for a in by_image.get(info.get("id"), []):
+                try:
+                    x, y, bw, bh = (float(v) for v in a["bbox"])
+                    cls = index[a["category_id"]]
+                except (KeyError, ValueError, TypeError):
+                    self.stats["malformed_label_lines"] += 1
+                    continue
+                if a.get("iscrowd", 0):
+                    continue
+                if x < -_TOL * w or y < -_TOL * h or x + bw > (1 + _TOL) * w or y + bh > (1 + _TOL) * h \
+                        or bw <= 0 or bh <= 0:
+                    self.stats["boxes_outside_image"] += 1
+                    continue
+                boxes.append([max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)])
+                classes.append(cls)
+            self._add(img_path, w, h, boxes, classes)
+
+    def _add(self, path: Path, w: int, h: int, boxes: List[List[float]], classes: List[int]) -> None:
+        self.stats["images"] += 1
+        self.stats["boxes"] += len(boxes)
+        if not boxes:
+            self.stats["background"] += 1
+        self.samples.append(dict(path=path, width=w, height=h, boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
+                                 classes=np.asarray(classes, np.int64)))
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> Tuple[Tensor, Dict[str, Any]]:
+        s = self.samples[i]
+        with Image.open(s["path"]) as im:
+            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+        image = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        target = {"boxes": torch.from_numpy(s["boxes"]).clone(),
+                  "labels": torch.from_numpy(s["classes"]) + 1, "image_id": i}
+        return image, target
+
+    def coco_ground_truth(self) -> Dict[str, Any]:
+        """The kept annotations as a COCO dict (image ids = dataset indices, category ids as loaded)."""
+        images, anns = [], []
+        for i, s in enumerate(self.samples):
+            images.append({"id": i, "file_name": s["path"].name, "width": s["width"], "height": s["height"]})
+            for b, c in zip(s["boxes"].tolist(), s["classes"].tolist()):
+                anns.append({"id": len(anns) + 1, "image_id": i, "category_id": self.category_ids[c],
+                             "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+                             "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": 0})
+        cats = [{"id": cid, "name": n} for cid, n in zip(self.category_ids, self.class_names)]
+        return {"images": images, "annotations": anns, "categories": cats}
+
+
+def detection_collate(batch):
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+class RoadSegDataset(Dataset):
+    """BDD100K road segmentation in the YOLOP layout: ``root/images/{split}/*.jpg`` with
+    ``root/da_seg_annotations/{split}/*.png`` (drivable) and ``root/ll_seg_annotations/{split}/*.png``
+    (lane lines); masks are > 0 for foreground (BDD100K drivable-id maps: direct and alternative
+    areas, ids 0/1 in the 3-class id maps, are mapped by ``drivable_ids`` when given).
+
+    Item: ``(image (3, H, W) float [0, 1], drivable (H, W) float {0,1}, lane (H, W) float {0,1})``
+    resized to ``size = (H, W)`` (bilinear image, nearest masks)."""
+
+    def __init__(self, root: PathLike, split: str = "train", size: Tuple[int, int] = (192, 320),
+                 drivable_ids: Optional[Sequence[int]] = None):
+        self.root = Path(root)
+        img_dir = self.root / "images" / split
+        if not img_dir.is_dir():
+            raise FileNotFoundError(f"BDD100K-layout image folder {str(img_dir)!r} does not exist")
+        if len(size) != 2 or min(size) < 32:
+            raise ValueError(f"size must be (H, W) with both >= 32, got {size}")
+        self.size = (int(size[0]), int(size[1]))
+        self.drivable_ids = None if drivable_ids is None else list(drivable_ids)
+        self.stats: Counter = Counter()
+        self.samples: List[Tuple[Path, Path, Path]] = []
+        for path in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            da = self._mask_path("da_seg_annotations", split, path.stem)
+            ll = self._mask_path("ll_seg_annotations", split, path.stem)
+            if da is None or ll is None:
+                self.stats["missing_masks"] += 1
+                continue
+            if _decodes(path) is None:
+                self.stats["undecodable_images"] += 1
+                continue
+            if _decodes(da) is None or _decodes(ll) is None:
+                self.stats["undecodable_masks"] += 1
+                continue
+            self.stats["images"] += 1
+            self.samples.append((path, da, ll))
+        if not self.samples:
+            raise ValueError(f"no usable images under {str(img_dir)!r}: {dict(self.stats)}")
+        _warn("road data", img_dir, self.stats)
+
+    def _mask_path(self, kind: str, split: str, stem: str) -> Optional[Path]:
+        for suffix in (".png", "_drivable_id.png", "_lane.png"):
+            p = self.root / kind / split / f"{stem}{suffix}"
+            if p.is_file():
+                return p
+        return None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _mask(self, path: Path, ids: Optional[Sequence[int]]) -> Tensor:
+        with Image.open(path) as im:
+            m = np.asarray(im.convert("L").resize(self.size[::-1], Image.NEAREST))
+        fg = np.isin(m, ids) if ids is not None else m > 0
+        return torch.from_numpy(fg.astype(np.float32))
+
+    def __getitem__(self, i: int) -> Tuple[Tensor, Tensor, Tensor]:
+        img, da, ll = self.samples[i]
+        with Image.open(img) as im:
+            arr = np.asarray(im.convert("RGB").resize(self.size[::-1], Image.BILINEAR), dtype=np.float32) / 255.0
+        return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), self._mask(da, self.drivable_ids), self._mask(ll, None)

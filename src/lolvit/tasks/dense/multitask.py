@@ -1,0 +1,258 @@
+"""Drivable-area + lane-line segmentation over LOLViT (A-YOLOM / YOLOP style, paper Table 8).
+
+Model: LOLViT features at strides 8/16/32 -> FPN top-down neck to one stride-8 map -> two
+segmentation necks+heads (drivable, lane), each upsampling x8 back to full input resolution and
+producing one logit map. (B, 3, H, W) -> {"drivable": (B, H, W), "lane": (B, H, W)} logits.
+A detection branch is not part of this module.
+
+Loss per task: focal (sigmoid, gamma=2, alpha=0.25) + Tversky (1 - TP / (TP + a FP + b FN));
+lane uses a=0.3, b=0.7 (false negatives of the thin class cost more), drivable a=b=0.5 (Dice).
+
+Metrics, computed three ways and labelled (confusion counts of the foreground class at p > 0.5):
+``per_image`` (A-YOLOM: metric per image, mean over images), ``per_batch`` (YOLOP: metric per
+batch, mean weighted by batch size), ``dataset`` (counts summed over the whole set). For each:
+drivable mIoU = mean(IoU_background, IoU_drivable) and drivable accuracy (pixel accuracy);
+lane IoU = IoU of the lane class, lane accuracy = TP / (TP + FN) of the lane class (YOLOP's
+``lineAccuracy``), lane mIoU. Undefined per-image values (no lane in label nor prediction) are
+skipped (nan-mean).
+"""
+import math
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from ...models import MODEL_CONFIGS, create_lolvit
+from ...nn.blocks import ConvBNAct
+from .checkpoint import read_spec_checkpoint, save_spec_checkpoint
+from .datasets import RoadSegDataset
+
+__all__ = [
+    "LOLViTMultiTask", "SegHead", "focal_loss", "tversky_loss", "multitask_loss", "confusion_counts",
+    "seg_metrics", "train_multitask", "evaluate_multitask", "measure_fps", "save_multitask", "load_multitask",
+]
+
+PathLike = Union[str, Path]
+TASKS = ("drivable", "lane")
+
+
+class SegHead(nn.Module):
+    """(B, c, H/8, W/8) -> (B, H, W) logits: three (3x3 conv, x2 upsample) steps and a 1x1 conv."""
+
+    def __init__(self, c: int, widths: Tuple[int, int, int] = (32, 16, 8)):
+        super().__init__()
+        layers: List[nn.Module] = []
+        for w in widths:
+            layers += [ConvBNAct(c, w, 3), nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
+            c = w
+        layers.append(nn.Conv2d(c, 1, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x).squeeze(1)
+
+
+class LOLViTMultiTask(nn.Module):
+    """LOLViT backbone + FPN neck + drivable and lane heads (see module docstring)."""
+
+    def __init__(self, variant: str = "lolvit_s", neck: int = 64):
+        super().__init__()
+        if variant not in MODEL_CONFIGS:
+            raise ValueError(f"unknown LOLViT variant {variant!r}; choose one of {sorted(MODEL_CONFIGS)}")
+        self.spec = {"variant": variant, "neck": neck}
+        self.body = create_lolvit(variant, num_classes=0)
+        self.body.prune_intermediate_layers([2, 3, 4], prune_head=True)
+        chans = [self.body.feature_info[i]["num_chs"] for i in (2, 3, 4)]
+        self.lateral = nn.ModuleList(ConvBNAct(c, neck, 1) for c in chans)
+        self.smooth = nn.ModuleList(ConvBNAct(neck, neck, 3) for _ in range(2))
+        self.heads = nn.ModuleDict({t: nn.Sequential(ConvBNAct(neck, neck, 3), SegHead(neck)) for t in TASKS})
+
+    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+        H, W = x.shape[-2:]
+        if H % 8 or W % 8:
+            raise ValueError(f"multi-task input sides must be multiples of 8, got {H}x{W}")
+        p3, p4, p5 = self.body.forward_intermediates(x, indices=[2, 3, 4], intermediates_only=True)
+        y = self.lateral[2](p5)
+        y = self.smooth[0](self.lateral[1](p4) + F.interpolate(y, size=p4.shape[-2:], mode="nearest"))
+        y = self.smooth[1](self.lateral[0](p3) + F.interpolate(y, size=p3.shape[-2:], mode="nearest"))
+        return {t: head(y)[..., :H, :W] for t, head in self.heads.items()}
+
+
+def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 0.25) -> Tensor:
+    """Sigmoid focal loss, mean over pixels. (B, H, W) x2 -> scalar."""
+    p = torch.sigmoid(logits)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    pt = p * target + (1 - p) * (1 - target)
+    w = alpha * target + (1 - alpha) * (1 - target)
+    return (w * (1 - pt) ** gamma * ce).mean()
+
+
+def tversky_loss(logits: Tensor, target: Tensor, alpha: float = 0.5, beta: float = 0.5, smooth: float = 1.0) -> Tensor:
+    """1 - (TP + s) / (TP + alpha FP + beta FN + s) on soft predictions, over the batch."""
+    p = torch.sigmoid(logits)
+    tp = (p * target).sum()
+    fp = (p * (1 - target)).sum()
+    fn = ((1 - p) * target).sum()
+    return 1 - (tp + smooth) / (tp + alpha * fp + beta * fn + smooth)
+
+
+def multitask_loss(out: Dict[str, Tensor], drivable: Tensor, lane: Tensor) -> Dict[str, Tensor]:
+    da = focal_loss(out["drivable"], drivable) + tversky_loss(out["drivable"], drivable, 0.5, 0.5)
+    ll = focal_loss(out["lane"], lane) + tversky_loss(out["lane"], lane, 0.3, 0.7)
+    return {"drivable": da, "lane": ll, "total": da + ll}
+
+
+def confusion_counts(logits: Tensor, target: Tensor) -> Tensor:
+    """Per-image (TP, FP, FN, TN) of the foreground at p > 0.5: (B, H, W) x2 -> (B, 4) float64."""
+    pred = logits > 0
+    gt = target > 0.5
+    dims = tuple(range(1, pred.dim()))
+    tp = (pred & gt).sum(dims)
+    fp = (pred & ~gt).sum(dims)
+    fn = (~pred & gt).sum(dims)
+    tn = (~pred & ~gt).sum(dims)
+    return torch.stack([tp, fp, fn, tn], 1).double()
+
+
+def _from_counts(c: Tensor) -> Dict[str, float]:
+    tp, fp, fn, tn = (float(v) for v in c)
+    nan = float("nan")
+    iou_fg = tp / (tp + fp + fn) if tp + fp + fn else nan
+    iou_bg = tn / (tn + fp + fn) if tn + fp + fn else nan
+    ious = [v for v in (iou_bg, iou_fg) if not math.isnan(v)]
+    return {"iou": iou_fg, "miou": sum(ious) / len(ious) if ious else nan,
+            "recall": tp / (tp + fn) if tp + fn else nan, "pixel_acc": (tp + tn) / (tp + fp + fn + tn)}
+
+
+def _nanmean(values: List[float], weights: Optional[List[float]] = None) -> float:
+    pairs = [(v, w) for v, w in zip(values, weights or [1.0] * len(values)) if not math.isnan(v)]
+    return sum(v * w for v, w in pairs) / sum(w for _, w in pairs) if pairs else float("nan")
+
+
+def seg_metrics(per_image: Tensor, batch_sizes: List[int]) -> Dict[str, Dict[str, float]]:
+    """The three labelled aggregations of per-image counts (N, 4), batches in order of ``batch_sizes``."""
+    imgs = [_from_counts(c) for c in per_image]
+    batches, start = [], 0
+    for b in batch_sizes:
+        batches.append(_from_counts(per_image[start: start + b].sum(0)))
+        start += b
+    whole = _from_counts(per_image.sum(0))
+    keys = whole.keys()
+    return {
+        "per_image": {k: _nanmean([m[k] for m in imgs]) for k in keys},
+        "per_batch": {k: _nanmean([m[k] for m in batches], [float(b) for b in batch_sizes]) for k in keys},
+        "dataset": dict(whole),
+    }
+
+
+def _summary(da: Dict[str, Dict[str, float]], ll: Dict[str, Dict[str, float]]) -> Dict[str, Dict[str, float]]:
+    out = {}
+    for way, label in (("per_image", "per_image (A-YOLOM)"), ("per_batch", "per_batch (YOLOP)"),
+                       ("dataset", "dataset")):
+        out[label] = {"drivable_mIoU": da[way]["miou"], "drivable_acc": da[way]["pixel_acc"],
+                      "lane_IoU": ll[way]["iou"], "lane_acc": ll[way]["recall"], "lane_mIoU": ll[way]["miou"]}
+    return out
+
+
+@torch.no_grad()
+def evaluate_multitask(model: nn.Module, root: PathLike, split: str = "val", size: Tuple[int, int] = (192, 320),
+                       batch: int = 8, threads: int = 2) -> Dict[str, Any]:
+    """Metrics on ``root`` (BDD100K layout) in the three labelled ways (module docstring)."""
+    torch.set_num_threads(threads)
+    data = RoadSegDataset(root, split, size)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch)
+    model.eval()
+    counts = {t: [] for t in TASKS}
+    sizes: List[int] = []
+    for img, da, ll in loader:
+        out = model(img)
+        counts["drivable"].append(confusion_counts(out["drivable"], da))
+        counts["lane"].append(confusion_counts(out["lane"], ll))
+        sizes.append(len(img))
+    da_m = seg_metrics(torch.cat(counts["drivable"]), sizes)
+    ll_m = seg_metrics(torch.cat(counts["lane"]), sizes)
+    return {"images": len(data), "batch": batch, "size": list(size), "metrics": _summary(da_m, ll_m),
+            "skipped": {k: v for k, v in data.stats.items() if k != "images"}}
+
+
+@torch.no_grad()
+def measure_fps(model: nn.Module, size: Tuple[int, int] = (192, 320), threads: int = 1, warmup: int = 3,
+                runs: int = 20) -> Dict[str, float]:
+    """Batch-1 CPU latency (median of ``runs``) and FPS of ``model`` at ``size``."""
+    torch.set_num_threads(threads)
+    model.eval()
+    x = torch.rand(1, 3, *size)
+    for _ in range(warmup):
+        model(x)
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"latency_ms": round(med * 1e3, 2), "fps": round(1 / med, 1), "threads": threads, "size": list(size)}
+
+
+def save_multitask(model: LOLViTMultiTask, path: PathLike, extra: Optional[Dict[str, Any]] = None) -> Path:
+    return save_spec_checkpoint(model, path, "lolvit-multitask", model.spec, list(TASKS), extra)
+
+
+def load_multitask(path: PathLike) -> LOLViTMultiTask:
+    state, meta = read_spec_checkpoint(path, "lolvit-multitask")
+    model = LOLViTMultiTask(**meta["spec"])
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def train_multitask(root: PathLike, variant: str = "lolvit_s", size: Tuple[int, int] = (192, 320),
+                    epochs: int = 10, batch: int = 8, lr: float = 2e-3, weight_decay: float = 0.01,
+                    out: Optional[PathLike] = None, threads: int = 2, seed: int = 0, split: str = "train",
+                    val_split: Optional[str] = "val") -> Dict[str, Any]:
+    """AdamW + cosine schedule + horizontal flips on ``root/.../{split}``; evaluates on
+    ``val_split`` when that split exists. Returns a report (losses, time, metrics)."""
+    if epochs < 1 or batch < 1:
+        raise ValueError(f"epochs and batch must be >= 1, got {epochs}, {batch}")
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    data = RoadSegDataset(root, split, size)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=len(data) > batch,
+                                         generator=torch.Generator().manual_seed(seed))
+    model = LOLViTMultiTask(variant)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    history: List[Dict[str, float]] = []
+    t0 = time.time()
+    for _ in range(epochs):
+        model.train()
+        sums = {"drivable": 0.0, "lane": 0.0, "total": 0.0}
+        n = 0
+        for img, da, ll in loader:
+            if random.random() < 0.5:
+                img, da, ll = img.flip(-1), da.flip(-1), ll.flip(-1)
+            losses = multitask_loss(model(img), da, ll)
+            if not torch.isfinite(losses["total"]):
+                raise ValueError(f"multi-task loss became {losses['total'].item()} (check masks / learning rate)")
+            opt.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            opt.step()
+            sched.step()
+            for k in sums:
+                sums[k] += losses[k].item()
+            n += 1
+        history.append({k: v / max(n, 1) for k, v in sums.items()})
+    report: Dict[str, Any] = {"variant": variant, "size": list(size), "epochs": epochs, "train_images": len(data),
+                              "skipped": {k: v for k, v in data.stats.items() if k != "images"},
+                              "loss": history, "train_s": round(time.time() - t0, 1)}
+    if val_split and (Path(root) / "images" / val_split).is_dir():
+        report["val"] = evaluate_multitask(model, root, val_split, size, batch, threads)
+    if out is not None:
+        report["checkpoint"] = str(save_multitask(model, out, {"train": report}))
+    return report

@@ -1,0 +1,187 @@
+"""SSDLite detection over LOLViT features (paper Table 6; MobileViT's SSDLite set-up), built
+from torchvision's SSD machinery (default boxes, matching, hard-negative mining, SSDLite head),
+evaluated with COCO-style mAP (pycocotools).
+
+Feature maps: LOLViT strides 16 and 32, then three extra blocks (1x1 reduce, 3x3 depthwise
+stride 2, 1x1 expand) to strides 64/128/256 and a global-pool map: six maps, at 320 px of
+20, 10, 5, 3, 2, 1 cells. Anchors: aspect ratios {2, 3} per map, scales 0.2..0.95.
+"""
+import math
+import random
+import time
+from collections import OrderedDict
+from functools import partial
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ...models import MODEL_CONFIGS, create_lolvit
+from ...nn.blocks import ConvBNAct
+from .checkpoint import read_spec_checkpoint, save_spec_checkpoint
+from .datasets import DetectionDataset, detection_collate
+
+__all__ = ["LOLViTSSDBackbone", "build_ssd", "train_ssd", "evaluate_ssd", "save_ssd", "load_ssd"]
+
+PathLike = Union[str, Path]
+EXTRA_CHANNELS = (256, 128, 128, 64)
+
+
+class _Extra(nn.Sequential):
+    """(B, c1, H, W) -> (B, c2, ceil(H/2), ceil(W/2)): 1x1 to c2/2, 3x3 depthwise s2, 1x1 to c2."""
+
+    def __init__(self, c1: int, c2: int):
+        mid = c2 // 2
+        super().__init__(ConvBNAct(c1, mid, 1), ConvBNAct(mid, mid, 3, 2, groups=mid), ConvBNAct(mid, c2, 1))
+
+
+class LOLViTSSDBackbone(nn.Module):
+    """(B, 3, H, W) -> OrderedDict of six maps (strides 16, 32, 64, 128, 256, global)."""
+
+    def __init__(self, variant: str = "lolvit_s", extra_channels: Sequence[int] = EXTRA_CHANNELS):
+        super().__init__()
+        if variant not in MODEL_CONFIGS:
+            raise ValueError(f"unknown LOLViT variant {variant!r}; choose one of {sorted(MODEL_CONFIGS)}")
+        self.body = create_lolvit(variant, num_classes=0)
+        self.body.prune_intermediate_layers([3, 4], prune_head=True)
+        c4, c5 = self.body.feature_info[3]["num_chs"], self.body.feature_info[4]["num_chs"]
+        chans = [c5, *extra_channels]
+        self.extras = nn.ModuleList(_Extra(chans[i], chans[i + 1]) for i in range(len(extra_channels) - 1))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), ConvBNAct(chans[-2], chans[-1], 1))
+        self.out_channels = [c4, c5, *extra_channels]
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        p4, p5 = self.body.forward_intermediates(x, indices=[3, 4], intermediates_only=True)
+        maps = [p4, p5]
+        for block in self.extras:
+            maps.append(block(maps[-1]))
+        maps.append(self.pool(maps[-1]))
+        return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+
+def build_ssd(num_classes: int, variant: str = "lolvit_s", size: int = 320, score_thresh: float = 0.001,
+              detections_per_img: int = 100):
+    """torchvision ``SSD`` with a LOLViT backbone and SSDLite head. ``num_classes`` excludes the
+    background. Input: list of (3, H, W) images in [0, 1]; resized to ``size`` x ``size``."""
+    from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
+    from torchvision.models.detection.ssd import SSD
+    from torchvision.models.detection.ssdlite import SSDLiteHead
+
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int (background excluded), got {num_classes!r}")
+    if size < 64:
+        raise ValueError(f"SSD size must be >= 64, got {size}")
+    backbone = LOLViTSSDBackbone(variant)
+    anchors = DefaultBoxGenerator([[2, 3]] * len(backbone.out_channels), min_ratio=0.2, max_ratio=0.95)
+    norm = partial(nn.BatchNorm2d, eps=1e-3, momentum=0.03)
+    head = SSDLiteHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1, norm)
+    model = SSD(backbone, anchors, (size, size), num_classes + 1, image_mean=[0.485, 0.456, 0.406],
+                image_std=[0.229, 0.224, 0.225], head=head, score_thresh=score_thresh, nms_thresh=0.55,
+                detections_per_img=detections_per_img, topk_candidates=300)
+    model.lolvit_spec = {"variant": variant, "num_classes": num_classes, "size": size}
+    return model
+
+
+def save_ssd(model: nn.Module, path: PathLike, class_names: Optional[Sequence[str]] = None,
+             extra: Optional[Dict[str, Any]] = None) -> Path:
+    """``PATH.safetensors`` (weights) + ``PATH.json`` (spec, class names), written atomically."""
+    return save_spec_checkpoint(model, path, "lolvit-ssd", model.lolvit_spec, class_names, extra)
+
+
+def load_ssd(path: PathLike):
+    """Rebuild an SSD saved by :func:`save_ssd` (eval mode)."""
+    state, meta = read_spec_checkpoint(path, "lolvit-ssd")
+    model = build_ssd(**meta["spec"])
+    model.load_state_dict(state)
+    model.class_names = meta.get("class_names")
+    return model.eval()
+
+
+def _flip(image: Tensor, target: Dict[str, Any]) -> None:
+    w = image.shape[-1]
+    image.copy_(image.flip(-1))
+    b = target["boxes"]
+    target["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1) if len(b) else b
+
+
+def train_ssd(images: PathLike, labels: PathLike, num_classes: int, variant: str = "lolvit_s", size: int = 320,
+              epochs: int = 10, batch: int = 16, lr: float = 2e-3, weight_decay: float = 0.01,
+              out: Optional[PathLike] = None, val_images: Optional[PathLike] = None,
+              val_labels: Optional[PathLike] = None, threads: int = 2, seed: int = 0) -> Dict[str, Any]:
+    """Train with AdamW + cosine schedule + horizontal flips; multibox loss (smooth-L1 + CE with 3:1
+    hard negatives, torchvision's). Returns a report (losses, time, COCO metrics when val data given)."""
+    if epochs < 1 or batch < 1:
+        raise ValueError(f"epochs and batch must be >= 1, got {epochs}, {batch}")
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    data = DetectionDataset(images, labels, num_classes=num_classes)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, collate_fn=detection_collate,
+                                         generator=torch.Generator().manual_seed(seed))
+    model = build_ssd(num_classes, variant, size)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps = epochs * len(loader)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+    history: List[float] = []
+    t0 = time.time()
+    for _ in range(epochs):
+        model.train()
+        total, n = 0.0, 0
+        for imgs, targets in loader:
+            for img, tgt in zip(imgs, targets):
+                if random.random() < 0.5:
+                    _flip(img, tgt)
+            losses = model(imgs, targets)
+            loss = losses["bbox_regression"] + losses["classification"]
+            if not torch.isfinite(loss):
+                raise ValueError(f"SSD loss became {loss.item()} (check labels / learning rate)")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total, n = total + loss.item(), n + 1
+        history.append(total / max(n, 1))
+    report: Dict[str, Any] = {"variant": variant, "size": size, "epochs": epochs, "train_images": len(data),
+                              "skipped": {k: v for k, v in data.stats.items() if k not in ("images", "boxes")},
+                              "loss": history, "train_s": round(time.time() - t0, 1)}
+    if val_images is not None and val_labels is not None:
+        report["val"] = evaluate_ssd(model, val_images, val_labels, batch=batch, threads=threads)
+    if out is not None:
+        report["checkpoint"] = str(save_ssd(model, out, data.class_names, {"train": report}))
+    return report
+
+
+@torch.no_grad()
+def evaluate_ssd(model: nn.Module, images: PathLike, labels: PathLike, batch: int = 16,
+                 threads: int = 2) -> Dict[str, float]:
+    """COCO bbox metrics with pycocotools: mAP50-95, mAP50, mAP75 and images/s of the whole model."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    torch.set_num_threads(threads)
+    data = DetectionDataset(images, labels, num_classes=model.lolvit_spec["num_classes"])
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=detection_collate)
+    model.eval()
+    dets: List[Dict[str, Any]] = []
+    t0 = time.time()
+    for imgs, targets in loader:
+        for out, tgt in zip(model(imgs), targets):
+            for box, score, label in zip(out["boxes"].tolist(), out["scores"].tolist(), out["labels"].tolist()):
+                dets.append({"image_id": tgt["image_id"], "category_id": data.category_ids[label - 1],
+                             "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
+    seconds = time.time() - t0
+    gt = COCO()
+    gt.dataset = data.coco_ground_truth()
+    gt.createIndex()
+    if not dets or not gt.dataset["annotations"]:
+        stats = [0.0] * 12
+    else:
+        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+        stats = [max(float(s), 0.0) for s in ev.stats]
+    return {"map50_95": stats[0], "map50": stats[1], "map75": stats[2], "images": len(data),
+            "detections": len(dets), "images_per_s": round(len(data) / max(seconds, 1e-9), 2)}

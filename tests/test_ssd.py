@@ -1,0 +1,81 @@
+"""SSDLite over LOLViT (issue 5): build, one short epoch on tiny scenes, COCO mAP, bad input."""
+import json
+
+import pytest
+import torch
+
+from dense_common import json_tail, make_tiny_scenes, no_network  # noqa: F401
+
+pytest.importorskip("pycocotools")
+
+from lolvit.tasks.dense import ssd  # noqa: E402
+from lolvit.tasks.dense.datasets import DetectionDataset  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    return make_tiny_scenes(tmp_path_factory.mktemp("ssd-scenes"), n_train=8, n_val=4, imgsz=96)
+
+
+def test_ssd_maps_and_anchors():
+    model = ssd.build_ssd(10, "lolvit_s", size=320).eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.zeros(1, 3, 320, 320))
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(20, 20), (10, 10), (5, 5), (3, 3), (2, 2), (1, 1)]
+    assert [f.shape[1] for f in feats.values()] == model.backbone.out_channels
+    model = ssd.build_ssd(10, "lolvit_s", size=96, detections_per_img=20).eval()
+    with torch.no_grad():
+        out = model([torch.rand(3, 200, 300)])
+    assert out[0]["boxes"].shape[1] == 4 and (out[0]["boxes"][:, 2] <= 300).all()
+    with pytest.raises(ValueError, match="num_classes"):
+        ssd.build_ssd(0)
+
+
+def test_ssd_train_val_coco_and_yolo_labels(scenes, tmp_path, no_network, capsys):
+    report = ssd.train_ssd(scenes / "det" / "images" / "train", scenes / "annotations" / "instances_train.json",
+                           num_classes=10, size=96, epochs=1, batch=4, out=tmp_path / "ssd",
+                           val_images=scenes / "det" / "images" / "val",
+                           val_labels=scenes / "det" / "labels" / "val", threads=2)
+    assert len(report["loss"]) == 1 and report["loss"][0] > 0
+    assert 0.0 <= report["val"]["map50_95"] <= 1.0 and report["val"]["images"] == 4
+    from lolvit.cli import main
+
+    capsys.readouterr()
+    assert main(["ssd", "val", "--checkpoint", report["checkpoint"], "--images", str(scenes / "det" / "images" / "val"),
+                 "--labels", str(scenes / "annotations" / "instances_val.json"), "--batch", "4"]) == 0
+    again = json_tail(capsys.readouterr().out)  # after pycocotools' summary lines
+    assert again["map50_95"] == pytest.approx(report["val"]["map50_95"], abs=1e-6)  # COCO json == YOLO txt labels
+
+
+def test_detection_dataset_skips_bad_input(scenes, tmp_path):
+    import shutil
+
+    from dense_common import add_bad_samples
+
+    img, lab = tmp_path / "images", tmp_path / "labels"
+    shutil.copytree(scenes / "det" / "images" / "train", img)
+    shutil.copytree(scenes / "det" / "labels" / "train", lab)
+    add_bad_samples(img, lab)
+    with pytest.warns(UserWarning, match="skipped"):
+        data = DetectionDataset(img, lab, num_classes=10)
+    s = data.stats
+    assert (s["undecodable_images"], s["malformed_label_lines"], s["boxes_outside_image"]) == (1, 1, 1)
+    assert s["empty_label_files"] == 1 and s["missing_label_files"] == 1
+    assert len(data) == 8 + 4  # bad_line / bad_outside / bad_empty / bad_nolabel kept as background
+    for i in range(len(data)):
+        image, target = data[i]
+        assert image.shape[0] == 3 and target["boxes"].shape[1] == 4
+    coco = json.loads((scenes / "annotations" / "instances_train.json").read_text())
+    coco["annotations"][0]["bbox"] = [90.0, 90.0, 50.0, 50.0]
+    coco["annotations"][1]["bbox"] = "oops"
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    with pytest.warns(UserWarning):
+        data = DetectionDataset(scenes / "det" / "images" / "train", tmp_path / "c.json")
+    assert data.stats["boxes_outside_image"] == 1 and data.stats["malformed_label_lines"] == 1
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        DetectionDataset(tmp_path / "nowhere", lab)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="COCO"):
+        DetectionDataset(img, tmp_path / "bad.json")
