@@ -87,7 +87,7 @@ class FastWindowAttention(nn.Module):
         cols = column_sums(x, H, W)
         tokens = F.linear(cols, self.qt.weight[d:], self.qt.bias[d:] * H)
         keys = window_fold(_to_heads(tokens, self.heads), self.window, self.fold)
-        return F.layer_norm(keys, (keys.shape[-1],), eps=1e-5)
+        return F.layer_norm(keys, (self.fold * self.head_dim,), eps=1e-5)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """DReLu(q k^T * scale) v: (B, h, N, D), (B, h, n, D) x2 -> (B, h, N, D), in fp32."""
