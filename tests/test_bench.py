@@ -81,10 +81,10 @@ def test_fawa_bench(tmp_path):
 
 
 def test_models_bench(tmp_path):
-    p = models.run(models=("lolvit_s", "mobilevit_xs+fwa"), backends=("eager", "fused"), sizes=(32,),
+    p = models.run(models=("lolvit_s", "mobilevit_xs+fwa"), backends=("eager", "channels_last", "fused", "fused_cl"), sizes=(32,),
                    batches=(1,), threads=1, warmup=1, repeats=2, budget_s=None)
     keys = {(r["model"], r["backend"]) for r in p["rows"]}
-    assert keys == {("lolvit_s", "eager"), ("lolvit_s", "fused"), ("mobilevit_xs+fwa", "eager")}
+    assert keys == {("lolvit_s", b) for b in ("eager", "channels_last", "fused", "fused_cl")} | {("mobilevit_xs+fwa", "eager"), ("mobilevit_xs+fwa", "channels_last")}
     assert all(r["gflops"] > 0 and r["params"] > 0 and r["fps"] > 0 for r in p["rows"])
     assert all(r["vs_ref"] is None for r in p["rows"])  # mobilevit_xs itself not measured
     _check_report(models.report(p, str(tmp_path))["paths"], "models")

@@ -32,12 +32,13 @@ MODELS: Dict[str, Tuple[str, Dict[str, Any], str]] = {
     "mobilenetv3_small_100": ("mobilenetv3_small_100", {}, "timm"),
     "efficientvit_m0": ("efficientvit_m0", {}, "timm"),
 }
-BACKENDS = ("eager", "fused", "onnxruntime", "openvino", "compile")
+BACKENDS = ("eager", "channels_last", "fused", "fused_cl", "onnxruntime", "openvino", "compile")
 REFERENCE = ("mobilevit_xs", "eager")
-FULL = dict(models=tuple(MODELS), backends=("eager", "fused", "onnxruntime", "openvino"), sizes=(224, 384),
+FULL = dict(models=tuple(MODELS), backends=("eager", "channels_last", "fused", "fused_cl", "onnxruntime", "openvino"),
+            sizes=(224, 384),
             batches=(1, 32), warmup=2, repeats=7, budget_s=60.0)
 QUICK = dict(models=("lolvit_s", "lolvit_x", "mobilevit_xxs", "mobilevit_xs", "mobilevit_xs+fwa"),
-             backends=("eager", "fused", "onnxruntime"), sizes=(64,), batches=(1, 2), warmup=1, repeats=5,
+             backends=("eager", "fused_cl", "onnxruntime"), sizes=(64,), batches=(1, 2), warmup=1, repeats=5,
              budget_s=2.0)
 
 
@@ -117,13 +118,18 @@ def _runners(
     skipped: Dict[str, str] = {}
     fused = fuse(copy.deepcopy(model)) if kind == "lolvit" else model
     for backend in backends:
-        if backend in ("fused", "compile") and kind != "lolvit":
+        if backend in ("fused", "fused_cl", "compile") and kind != "lolvit":
             continue
         try:
             if backend == "eager":
                 runners[backend] = _torch_runner(model, x)
+            elif backend == "channels_last":
+                cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+                runners[backend] = _torch_runner(cl, x.contiguous(memory_format=torch.channels_last))
             elif backend == "fused":
                 runners[backend] = _torch_runner(fused, x)
+            elif backend == "fused_cl":
+                runners[backend] = _torch_runner(fuse(copy.deepcopy(model), channels_last=True), x)
             elif backend == "compile":
                 runners[backend] = _torch_runner(torch.compile(fused, dynamic=False), x)
             else:
@@ -203,7 +209,9 @@ def report(payload: Dict[str, Any], out_dir: str, command: str = "lolvit bench m
         r["params_m"] = r["params"] / 1e6
     md = header("Model latency and throughput", payload["machine"], command)
     md += ("\nfp32, `pretrained=False` weights, 1000 classes. 'fused' = conv+BN folded "
-           "(`lolvit.fuse`); onnxruntime/openvino run the fused model's ONNX export (opset 17); timm "
+           "(`lolvit.fuse`), 'fused_cl' = the same with channels-last weights "
+           "(`lolvit.fuse(m, channels_last=True)`, NCHW input), 'channels_last' = the eager model and "
+           "input in channels-last memory format; onnxruntime/openvino run the fused model's ONNX export (opset 17); timm "
            "models are re-parameterised for deployment in every backend. Median of interleaved "
            "samples; 'x mobilevit_xs' = time / time of mobilevit_xs eager at the same size and batch. "
            "GFLOPs per image at batch 1 (2 FLOPs per multiply-add).\n\n")

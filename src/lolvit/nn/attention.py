@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .functional import check_activation, column_sums, drelu, window_fold
+from .functional import _activate, check_activation, column_sums, drelu, window_fold
 
 
 def _check_heads(dim: int, heads: int) -> int:
@@ -100,26 +100,50 @@ class FastWindowAttention(nn.Module):
             return torch.matmul(act, v * c)
         return torch.matmul(drelu(scores * self.scale, self.dp, self.eps, self.activation), v)
 
+    def attend_tokens(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """:meth:`attend` on token layout: (B, N, heads*D), (B, h, n, D) x2 -> (B, N, heads*D), fp32.
+
+        Keys and values of all heads go into block-diagonal matrices, (B, h*D, h*n) and
+        (B, h*n, h*D), so both products are single batched GEMMs on the contiguous query and
+        the output lands in token layout: no head transposes or copies of the N-long tensors.
+        The off-diagonal blocks are exact zeros (act(0) = 0 for every DReLu activation), so
+        the result is that of :meth:`attend`.
+        """
+        q, k, v = q.float(), k.float(), v.float()
+        B, h, n, D = k.shape
+        mask = torch.eye(h, dtype=k.dtype, device=k.device).reshape(1, h, 1, h, 1)
+        kbd = (k.transpose(-2, -1).unsqueeze(3) * mask).reshape(B, h * D, h * n)
+        if self.activation == "relu" or self.activation == "leaky_relu":
+            c = self.scale / ((self.dp.float() + self.eps) * n)
+            vbd = (v.unsqueeze(3) * (mask * c)).reshape(B, h * n, h * D)
+            scores = torch.bmm(q, kbd)
+            act = torch.relu_(scores) if self.activation == "relu" else F.leaky_relu_(scores, 0.01)
+            return torch.bmm(act, vbd)
+        c = 1.0 / ((self.dp.float() + self.eps) * n)
+        vbd = (v.unsqueeze(3) * (mask * c)).reshape(B, h * n, h * D)
+        act = _activate(torch.bmm(q, kbd).mul_(self.scale), self.activation)
+        return torch.bmm(act, vbd)
+
     @torch.jit.unused
     def _attend_autocast_off(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if torch.is_autocast_enabled(q.device.type):
             with torch.autocast(q.device.type, enabled=False):
-                return self.attend(q, k, v)
-        return self.attend(q, k, v)
+                return self.attend_tokens(q, k, v)
+        return self.attend_tokens(q, k, v)
 
     def forward(
         self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
     ) -> Tuple[Tensor, Optional[Tensor]]:
         d = self.dim
-        q = _to_heads(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), self.heads)
+        q = F.linear(x, self.qt.weight[:d], self.qt.bias[:d])  # (B, N, dim), heads along features
         if cache is None:
             cache = self.keys(x, H, W)
         k, v = self.kv(cache).chunk(2, dim=-1)
         if torch.jit.is_scripting():
-            o = self.attend(q, k, v)
+            o = self.attend_tokens(q, k, v)
         else:
             o = self._attend_autocast_off(q, k, v)
-        return self.proj(_from_heads(o.to(q.dtype))), cache
+        return self.proj(o.to(q.dtype)), cache
 
     def extra_repr(self) -> str:
         return (
