@@ -134,3 +134,14 @@ def test_cli_bench(tmp_path, capsys):
                  "--mechanisms", "fwa", "mhsa", "--repeats", "2", "--out", str(tmp_path / "att")])
     assert code == 0 and (tmp_path / "att" / "attention.md").exists()
     assert main(["bench", "models", "--quick", "--models", "nope", "--out", str(tmp_path / "m")]) == 2
+
+
+def test_targets_table_reads_bench_json(tmp_path):
+    from lolvit.bench.targets import targets_table
+
+    p = attention.run(shape=(1, 16, 4, 4), repeats_layers=(1,), parts=("attention",), heads=2, threads=1,
+                      warmup=1, repeats=2, budget_s=None)
+    attention.report(p, str(tmp_path / "attention"))
+    table = targets_table(tmp_path)
+    assert "FWA time <= 0.35x MHSA" in table and "FWA faster than ssa" in table
+    assert "FAWA" not in table  # no fawa run under tmp_path
