@@ -29,8 +29,9 @@ def _check(rows: List[Tuple[str, Optional[float], str, bool]], target: str, valu
 def targets_table(root: Union[str, Path], folders: Optional[Dict[str, str]] = None) -> str:
     """Markdown table of every target whose inputs are present under ``root``.
 
-    ``folders`` maps a bench to its run folder (default: the bench name; ``models`` may also be
-    split into ``models_b1`` / ``models_b32`` runs, both are read).
+    ``folders`` maps a bench to its run folder (default: the bench name). Model rows are read
+    from ``models_focus``, ``models``, ``models_b1`` and ``models_b32``; the first run holding a
+    (model, backend, size, batch) row wins.
     """
     root = Path(root)
     folders = dict(attention="attention", fawa="fawa", scaling="scaling", **(folders or {}))
@@ -53,7 +54,7 @@ def targets_table(root: Union[str, Path], folders: Optional[Dict[str, str]] = No
             _check(out, f"FAWA >= 2.7x faster than pooling at {big['size']} px (3 layers)", big["speedup"], ".2f",
                    big["speedup"] >= 2.7)
     model_rows: List[Dict[str, Any]] = []
-    for folder in ("models", "models_b1", "models_b32"):
+    for folder in ("models_focus", "models", "models_b1", "models_b32"):
         data = _load(root, folder, "models")
         if data:
             model_rows.extend(data["rows"])
