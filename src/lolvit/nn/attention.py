@@ -130,8 +130,12 @@ class FastWindowAttention(nn.Module):
         homogeneous = self.activation == "relu" or self.activation == "leaky_relu"
         # relu/leaky_relu are positively homogeneous: the Eq. 3 scale moves onto V
         c = (self.scale if homogeneous else 1.0) / ((self.dp.float() + self.eps) * n)
+        capture = False
+        if not torch.jit.is_scripting():
+            # traced/exported graphs must not bake in a loop over (or guards on) the example batch
+            capture = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
         step = max(1, self.score_chunk // max(1, N * h * n))
-        if torch.is_grad_enabled() or step >= B:
+        if torch.is_grad_enabled() or capture or step >= B:
             kbd, vbd = _block_diagonal(k, v * c)
             return torch.bmm(self._weights(torch.bmm(q, kbd), homogeneous), vbd)
         out = torch.empty(B, N, h * D, dtype=q.dtype, device=q.device)
