@@ -21,10 +21,11 @@ from .blocks import (
 )
 from .functional import ACTIVATIONS, drelu, fawa
 from .fuse import fuse
+from .swap import swap_attention
 
 __all__ = [
     "ACTIVATIONS", "ATTENTIONS", "AgentAttention", "ConvBNAct", "FastWindowAttention",
     "FastWindowAttentionSoftmax", "FeatureFusion", "GhostConv", "GhostNetBlock", "LOLViTBlock",
     "MobileViTFusion", "MultiHeadSelfAttention", "SeparableSelfAttention", "SqueezeExcite",
-    "TransformerLayer", "build_attention", "drelu", "fawa", "functional", "fuse",
+    "TransformerLayer", "build_attention", "drelu", "fawa", "functional", "fuse", "swap_attention",
 ]

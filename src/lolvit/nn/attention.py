@@ -15,7 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .functional import check_activation, column_sums, drelu, window_fold
+from .functional import _activate, check_activation, column_sums, drelu, window_fold
+
+
+SCORE_CHUNK = 1 << 21  # FWA inference: max elements of one chunk of attention weights (8 MiB fp32)
 
 
 def _check_heads(dim: int, heads: int) -> int:
@@ -36,6 +39,15 @@ def _from_heads(x: Tensor) -> Tensor:
     """(B, heads, N, D) -> (B, N, heads*D)."""
     B, h, N, D = x.shape
     return x.transpose(1, 2).reshape(B, N, h * D)
+
+
+def _block_diagonal(k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-head keys and values as block-diagonal matrices: (B, h, n, D) x2 -> (B, h*D, h*n), (B, h*n, h*D)."""
+    B, h, n, D = k.shape
+    mask = torch.eye(h, dtype=k.dtype, device=k.device).reshape(1, h, 1, h, 1)
+    kbd = (k.transpose(-2, -1).unsqueeze(3) * mask).reshape(B, h * D, h * n)
+    vbd = (v.unsqueeze(3) * mask).reshape(B, h * n, h * D)
+    return kbd, vbd
 
 
 class FastWindowAttention(nn.Module):
@@ -72,6 +84,7 @@ class FastWindowAttention(nn.Module):
         self.activation = check_activation(activation)
         self.eps = eps
         self.scale = self.head_dim ** -0.5
+        self.score_chunk = SCORE_CHUNK
         self.qt = nn.Linear(dim, 2 * dim)
         self.kv = nn.Linear(fold * self.head_dim, 2 * self.head_dim)
         self.proj = nn.Linear(dim, dim)
@@ -87,7 +100,7 @@ class FastWindowAttention(nn.Module):
         cols = column_sums(x, H, W)
         tokens = F.linear(cols, self.qt.weight[d:], self.qt.bias[d:] * H)
         keys = window_fold(_to_heads(tokens, self.heads), self.window, self.fold)
-        return F.layer_norm(keys, (self.fold * self.head_dim,), eps=1e-5)  # python int: traceable (ONNX)
+        return F.layer_norm(keys, (self.fold * self.head_dim,), eps=1e-5)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """DReLu(q k^T * scale) v: (B, h, N, D), (B, h, n, D) x2 -> (B, h, N, D), in fp32."""
@@ -100,26 +113,64 @@ class FastWindowAttention(nn.Module):
             return torch.matmul(act, v * c)
         return torch.matmul(drelu(scores * self.scale, self.dp, self.eps, self.activation), v)
 
+    def attend_tokens(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """:meth:`attend` on token layout: (B, N, heads*D), (B, h, n, D) x2 -> (B, N, heads*D), fp32.
+
+        Keys and values of all heads go into block-diagonal matrices, (B, h*D, h*n) and
+        (B, h*n, h*D), so both products are single batched GEMMs on the contiguous query and
+        the output lands in token layout: no head transposes or copies of the N-long tensors.
+        The off-diagonal blocks are exact zeros (act(0) = 0 for every DReLu activation), so
+        the result is that of :meth:`attend`. Without autograd, the batch is processed in
+        chunks whose (chunk, N, h*n) weights stay below ``score_chunk`` elements, written into
+        one preallocated output: peak memory is about query + output.
+        """
+        q, k, v = q.float(), k.float(), v.float()
+        B, h, n, D = k.shape
+        N = q.shape[1]
+        homogeneous = self.activation == "relu" or self.activation == "leaky_relu"
+        # relu/leaky_relu are positively homogeneous: the Eq. 3 scale moves onto V
+        c = (self.scale if homogeneous else 1.0) / ((self.dp.float() + self.eps) * n)
+        capture = False
+        if not torch.jit.is_scripting():
+            # traced/exported graphs must not bake in a loop over (or guards on) the example batch
+            capture = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        step = max(1, self.score_chunk // max(1, N * h * n))
+        if torch.is_grad_enabled() or capture or step >= B:
+            kbd, vbd = _block_diagonal(k, v * c)
+            return torch.bmm(self._weights(torch.bmm(q, kbd), homogeneous), vbd)
+        out = torch.empty(B, N, h * D, dtype=q.dtype, device=q.device)
+        for i in range(0, B, step):
+            j = min(B, i + step)
+            kbd, vbd = _block_diagonal(k[i:j], v[i:j] * c)
+            torch.bmm(self._weights(torch.bmm(q[i:j], kbd), homogeneous), vbd, out=out[i:j])
+        return out
+
+    def _weights(self, scores: Tensor, homogeneous: bool) -> Tensor:
+        """Eq. 3 numerators, in place on fresh scores (the 1/((DP+eps) n) factor sits on V)."""
+        if homogeneous:
+            return torch.relu_(scores) if self.activation == "relu" else F.leaky_relu_(scores, 0.01)
+        return _activate(scores.mul_(self.scale), self.activation)
+
     @torch.jit.unused
     def _attend_autocast_off(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if torch.is_autocast_enabled(q.device.type):
             with torch.autocast(q.device.type, enabled=False):
-                return self.attend(q, k, v)
-        return self.attend(q, k, v)
+                return self.attend_tokens(q, k, v)
+        return self.attend_tokens(q, k, v)
 
     def forward(
         self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
     ) -> Tuple[Tensor, Optional[Tensor]]:
         d = self.dim
-        q = _to_heads(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), self.heads)
         if cache is None:
             cache = self.keys(x, H, W)
         k, v = self.kv(cache).chunk(2, dim=-1)
+        # the query (B, N, dim), heads along features, is held by attend_tokens only: freed before proj
         if torch.jit.is_scripting():
-            o = self.attend(q, k, v)
+            o = self.attend_tokens(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), k, v)
         else:
-            o = self._attend_autocast_off(q, k, v)
-        return self.proj(_from_heads(o.to(q.dtype))), cache
+            o = self._attend_autocast_off(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), k, v)
+        return self.proj(o.to(x.dtype)), cache  # under autocast proj casts o itself
 
     def extra_repr(self) -> str:
         return (

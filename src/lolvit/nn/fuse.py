@@ -20,14 +20,21 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
-def fuse(model: nn.Module) -> nn.Module:
+def fuse(model: nn.Module, channels_last: bool = False) -> nn.Module:
     """Fold every ``conv -> bn`` pair (modules with ``.conv`` and ``.bn`` attributes, as
     :class:`~lolvit.nn.ConvBNAct` and ultralytics' ``Conv``) in place and return the model in
-    eval mode. Outputs are unchanged up to float rounding."""
+    eval mode. Outputs are unchanged up to float rounding.
+
+    ``channels_last=True`` also stores 4D weights channels-last: activations then stay NHWC
+    after the first convolution (any input layout), which suits oneDNN's depthwise kernels and
+    makes the (B, C, H, W) <-> (B, H*W, C) token views of :class:`~lolvit.nn.LOLViTBlock` free.
+    """
     model.eval()
     for module in model.modules():
         conv, bn = getattr(module, "conv", None), getattr(module, "bn", None)
         if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
             module.conv = fuse_conv_bn(conv, bn)
             module.bn = nn.Identity()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     return model

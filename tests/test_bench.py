@@ -1,0 +1,147 @@
+"""Bench code paths on tiny sizes: measurements, reports (JSON/markdown/PNG) and the CLI."""
+import json
+
+import pytest
+import torch
+
+from lolvit.bench import attention, fawa, models, run_bench, scaling
+from lolvit.bench.report import markdown_table
+from lolvit.bench.timing import peak_memory_cpu, time_interleaved
+from lolvit.cli import main
+
+
+def _check_report(paths, name):
+    assert {p.name for p in paths.values()} == {f"{name}.json", f"{name}.md", f"{name}.png"}
+    data = json.loads(paths["json"].read_text())
+    assert data["bench"] == name and data["rows"]
+    assert data["machine"]["threads"] == 1 and data["machine"]["versions"]["torch"] == torch.__version__
+    assert paths["md"].read_text().count("\n|") >= 3
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return data
+
+
+def test_peak_memory_is_measured():
+    def alloc():
+        a = torch.ones(1000, 1000)  # 4 MB, freed before b
+        del a
+        b = torch.ones(500, 1000)  # 2 MB, returned
+        return b + 1  # another 2 MB
+
+    peak = peak_memory_cpu(alloc)
+    assert 4_000_000 <= peak <= 4_300_000
+
+
+def test_time_interleaved_samples():
+    s = time_interleaved({"a": lambda: torch.ones(10).sum(), "b": lambda: None}, warmup=1, repeats=4,
+                         min_sample_s=0.001)
+    assert set(s) == {"a", "b"} and all(len(v) == 4 and min(v) > 0 for v in s.values())
+    with pytest.raises(ValueError):
+        time_interleaved({}, 1, 1)
+
+
+def test_markdown_table_missing_values():
+    md = markdown_table([dict(a=1.23456, b=None)], [("A", "a", ".2f"), ("B", "b", "")])
+    assert md.splitlines()[-1] == "| 1.23 | - |"
+
+
+def test_attention_bench(tmp_path):
+    p = attention.run(shape=(1, 16, 4, 6), repeats_layers=(1, 2), heads=2, threads=1, warmup=1, repeats=2,
+                      budget_s=None)
+    rows = p["rows"]
+    assert len(rows) == 2 * 2 * len(attention.MECHANISMS)
+    assert all(r["median_ms"] > 0 and r["peak_mb"] > 0 and len(r["samples_ms"]) == 2 for r in rows)
+    assert all(r["time_vs_mhsa"] == 1.0 for r in rows if r["mechanism"] == "mhsa")
+    _check_report(attention.report(p, str(tmp_path))["paths"], "attention")
+    with pytest.raises(ValueError, match="unknown mechanism"):
+        attention.run(shape=(1, 16, 4, 4), mechanisms=["nope"], threads=1)
+
+
+def test_attention_stack_cache_matches_manual():
+    torch.manual_seed(0)
+    stack = attention.AttentionStack("fwa", 16, 2, 2, "layer", cache=True).eval()
+    x = torch.randn(1, 12, 16)
+    y0, keys = stack.mods[0](x, 3, 4)
+    y1, _ = stack.mods[1](y0, 3, 4, keys)
+    assert torch.allclose(stack(x, 3, 4), y1)
+
+
+def test_fawa_routes_agree():
+    x = torch.randn(2, 5 * 7, 8)
+    for fold in (1, 2, 4):
+        a, b = fawa.fawa_route(x, 5, 7, 1, fold), fawa.pooling_route(x, 5, 7, 1, fold)
+        assert a.shape == b.shape and torch.allclose(a, 5 * b, atol=1e-5)
+
+
+def test_fawa_bench(tmp_path):
+    p = fawa.run(sizes=(32, 64), threads=1, warmup=1, repeats=2, budget_s=None)
+    totals = [r for r in p["rows"] if r["layer"] == "total"]
+    assert [r["size"] for r in totals] == [32, 64] and all(r["speedup"] > 0 for r in totals)
+    assert len(p["rows"]) == 2 * 4
+    _check_report(fawa.report(p, str(tmp_path))["paths"], "fawa")
+
+
+def test_models_bench(tmp_path):
+    p = models.run(models=("lolvit_s", "mobilevit_xs+fwa"), backends=("eager", "channels_last", "fused", "fused_cl"), sizes=(32,),
+                   batches=(1,), threads=1, warmup=1, repeats=2, budget_s=None)
+    keys = {(r["model"], r["backend"]) for r in p["rows"]}
+    assert keys == {("lolvit_s", b) for b in ("eager", "channels_last", "fused", "fused_cl")} | {("mobilevit_xs+fwa", "eager"), ("mobilevit_xs+fwa", "channels_last")}
+    assert all(r["gflops"] > 0 and r["params"] > 0 and r["fps"] > 0 for r in p["rows"])
+    assert all(r["vs_ref"] is None for r in p["rows"])  # mobilevit_xs itself not measured
+    _check_report(models.report(p, str(tmp_path))["paths"], "models")
+    with pytest.raises(ValueError, match="unknown backend"):
+        models.run(models=("lolvit_s",), backends=("tensorrt",), threads=1)
+
+
+@pytest.mark.slow
+def test_models_bench_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    p = models.run(models=("lolvit_s", "mobilevit_xs"), backends=("fused", "onnxruntime"), sizes=(64,),
+                   batches=(2,), threads=1, warmup=1, repeats=2, budget_s=None)
+    keys = {(r["model"], r["backend"]) for r in p["rows"]}
+    assert ("lolvit_s", "onnxruntime") in keys and ("mobilevit_xs", "onnxruntime") in keys
+    assert all(r["vs_ref"] is None for r in p["rows"])
+
+
+def test_scaling_bench(tmp_path):
+    p = scaling.run(sizes=(32, 48, 64), mechanisms=("fwa", "mhsa"), models=("lolvit_s",), threads=1,
+                    warmup=1, repeats=2, budget_s=None)
+    assert len(p["rows"]) == 3 * 3
+    fits = {f["name"]: f for f in p["fits"]}
+    assert set(fits) == {"fwa", "mhsa", "lolvit_s"} and all(f["exponent"] is not None for f in fits.values())
+    _check_report(scaling.report(p, str(tmp_path))["paths"], "scaling")
+
+
+def test_fit_exponent():
+    assert scaling.fit_exponent([10, 100, 1000], [3, 300, 30000]) == pytest.approx(2.0)
+    assert scaling.fit_exponent([10, 10], [1, 2]) is None
+
+
+def test_run_bench_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="unknown bench"):
+        run_bench("nope")
+    with pytest.raises(ValueError, match="threads"):
+        run_bench("fawa", threads=0)
+
+
+def test_cli_bench(tmp_path, capsys):
+    out = tmp_path / "fawa"
+    code = main(["bench", "fawa", "--quick", "--threads", "1", "--sizes", "32", "--repeats", "2", "--out", str(out)])
+    assert code == 0
+    assert "pooling / FAWA" in capsys.readouterr().out
+    data = json.loads((out / "fawa.json").read_text())
+    assert data["quick"] and data["machine"]["threads"] == 1 and (out / "fawa.png").exists()
+    code = main(["bench", "attention", "--quick", "--threads", "1", "--shape", "1", "8", "4", "4", "--layers", "1",
+                 "--mechanisms", "fwa", "mhsa", "--repeats", "2", "--out", str(tmp_path / "att")])
+    assert code == 0 and (tmp_path / "att" / "attention.md").exists()
+    assert main(["bench", "models", "--quick", "--models", "nope", "--out", str(tmp_path / "m")]) == 2
+
+
+def test_targets_table_reads_bench_json(tmp_path):
+    from lolvit.bench.targets import targets_table
+
+    p = attention.run(shape=(1, 16, 4, 4), repeats_layers=(1,), parts=("attention",), heads=2, threads=1,
+                      warmup=1, repeats=2, budget_s=None)
+    attention.report(p, str(tmp_path / "attention"))
+    table = targets_table(tmp_path)
+    assert "FWA time <= 0.35x MHSA" in table and "FWA faster than ssa" in table
+    assert "FAWA" not in table  # no fawa run under tmp_path
