@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .functional import _activate, check_activation, column_sums, drelu, window_fold
+from .functional import _activate, check_activation, column_sums, window_fold
 
 
 SCORE_CHUNK = 1 << 21  # FWA inference: max elements of one chunk of attention weights (8 MiB fp32)
@@ -102,25 +102,15 @@ class FastWindowAttention(nn.Module):
         keys = window_fold(_to_heads(tokens, self.heads), self.window, self.fold)
         return F.layer_norm(keys, (self.fold * self.head_dim,), eps=1e-5)
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """DReLu(q k^T * scale) v: (B, h, N, D), (B, h, n, D) x2 -> (B, h, N, D), in fp32."""
-        q, k, v = q.float(), k.float(), v.float()
-        scores = torch.matmul(q, k.transpose(-2, -1))
-        if self.activation == "relu" or self.activation == "leaky_relu":
-            # positively homogeneous: act(c s) = c act(s), so the Eq. 3 scale moves onto V
-            c = self.scale / ((self.dp.float() + self.eps) * k.shape[-2])
-            act = F.relu(scores) if self.activation == "relu" else F.leaky_relu(scores, 0.01)
-            return torch.matmul(act, v * c)
-        return torch.matmul(drelu(scores * self.scale, self.dp, self.eps, self.activation), v)
-
     def attend_tokens(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """:meth:`attend` on token layout: (B, N, heads*D), (B, h, n, D) x2 -> (B, N, heads*D), fp32.
+        """DReLu(q k^T / sqrt(D)) v per head (Eqs. 2-3) on token layout, in fp32:
+        (B, N, heads*D), (B, h, n, D) x2 -> (B, N, heads*D).
 
         Keys and values of all heads go into block-diagonal matrices, (B, h*D, h*n) and
         (B, h*n, h*D), so both products are single batched GEMMs on the contiguous query and
         the output lands in token layout: no head transposes or copies of the N-long tensors.
         The off-diagonal blocks are exact zeros (act(0) = 0 for every DReLu activation), so
-        the result is that of :meth:`attend`. Without autograd, the batch is processed in
+        the result is that of the per-head product. Without autograd, the batch is processed in
         chunks whose (chunk, N, h*n) weights stay below ``score_chunk`` elements, written into
         one preallocated output: peak memory is about query + output.
         """
