@@ -13,6 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 COMMAND_MODULES: List[str] = [
     "lolvit.commands",
+    "lolvit.tasks.classify.cli",
 ]
 
 
