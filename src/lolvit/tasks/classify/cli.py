@@ -78,7 +78,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("demo", help="train lolvit_s on digits, then compare CPU latency with MobileViT")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="1 epoch on 128 images (smoke test, no accuracy target)")
-    p.add_argument("--threads", type=int, default=None, help="default: min(2, CPU count)")
+    p.add_argument("--threads", type=int, default=None, help="default: 2, or 1 when the machine is busy")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.set_defaults(func=_demo)

@@ -32,7 +32,7 @@ def run_demo(out: str = "runs/demo", quick: bool = False, threads: Optional[int]
 
     ``quick`` trains 1 epoch on 128 images (a smoke test: no accuracy target)."""
     t_start = time.perf_counter()
-    threads = threads or min(2, os.cpu_count() or 1)
+    threads = threads or default_threads()
     torch.set_num_threads(threads)
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
@@ -81,6 +81,17 @@ def run_demo(out: str = "runs/demo", quick: bool = False, threads: Optional[int]
     print(f"wrote {o / 'report.md'} and {png} ({total_s:.0f} s in all)")
     return {"top1": top1, "top5": float(last["val_top5"]), "latency_ms": latency, "params": params,
             "train_seconds": train_s, "total_seconds": total_s, "passed": passed, "report": str(o / "report.md")}
+
+
+def default_threads() -> int:
+    """Two threads (the target machine has 2 cores), one when the machine is already busy: oversubscribed
+    OpenMP threads slow training down by an order of magnitude."""
+    cpus = os.cpu_count() or 1
+    busy = hasattr(os, "getloadavg") and os.getloadavg()[0] > max(cpus - 1, 0.5)
+    n = 1 if busy else min(2, cpus)
+    if busy:
+        print(f"note: load average {os.getloadavg()[0]:.1f} on {cpus} CPUs, using 1 thread (--threads overrides)")
+    return n
 
 
 def format_latency_table(latency: Dict[int, Dict[str, float]], params: Dict[str, int], threads: int) -> str:

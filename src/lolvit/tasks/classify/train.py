@@ -416,7 +416,7 @@ class Trainer:
     def _train_epoch(self) -> Optional[Dict[str, Any]]:
         cfg, epoch = self.cfg, self.epoch
         self.net.train()
-        partial = getattr(self, "partial", {}) or {}
+        partial = (getattr(self, "partial", {}) or {}) if self.main else {}  # saved totals of all ranks
         loss_sum, correct, seen = partial.get("loss_sum", 0.0), partial.get("correct", 0.0), partial.get("seen", 0)
         self.partial = {}
         t0, t_seen = time.perf_counter(), 0
@@ -464,7 +464,8 @@ class Trainer:
             if self._should_stop():
                 if bar is not None:
                     bar.close()
-                self.save({"loss_sum": loss_sum, "correct": correct, "seen": seen})
+                totals = self._all_reduce([loss_sum, correct, seen])
+                self.save({"loss_sum": totals[0], "correct": totals[1], "seen": int(totals[2])})
                 if self.main:
                     print(f"stopped by signal {self.stop_signal}: saved {self.out}/last.safetensors "
                           f"(epoch {epoch + 1}, step {self.step_in_epoch}); continue with --resume")
