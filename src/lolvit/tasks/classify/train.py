@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from ...io import atomic_write_bytes, atomic_write_json, checkpoint_paths, load_weights, read_config, save_checkpoint
