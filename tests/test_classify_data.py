@@ -119,3 +119,17 @@ def test_seeded_transform_is_reproducible_and_keeps_global_rng():
     assert torch.equal(a, ds[5][0])
     ds.epoch = 1
     assert not torch.equal(a, ds[5][0])
+
+
+def test_missing_fashion_mnist_explains_how_to_get_it(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    import lolvit.tasks.classify.data as data
+
+    def offline(*args, **kwargs):
+        raise RuntimeError("network unreachable")
+
+    monkeypatch.setattr(data, "FASHION_MNIST_DIRS", ())
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        build_dataset("fashion-mnist", "val", data_root=str(tmp_path))

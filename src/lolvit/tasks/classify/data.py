@@ -16,7 +16,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_DIRS = (DEBIAN_FASHION_MNIST,)
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
@@ -196,7 +197,7 @@ def _fashion_mnist_torchvision(split: str, root: Optional[str]) -> ArrayDataset:
     except Exception as e:  # any network/IO failure of the downloader
         raise FileNotFoundError(
             "Fashion-MNIST not found: install the Debian package (apt-get install dataset-fashion-mnist, "
-            f"files in {FASHION_MNIST_DIRS[0]}), or put the four *-ubyte[.gz] files in --data-root; "
+            f"files in {DEBIAN_FASHION_MNIST}), or put the four *-ubyte[.gz] files in --data-root; "
             f"torchvision's download failed too ({type(e).__name__}: {e})"
         ) from None
     return ArrayDataset(ds.data.numpy(), ds.targets.tolist(), FASHION_MNIST_CLASSES)
