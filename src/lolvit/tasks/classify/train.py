@@ -378,6 +378,9 @@ class Trainer:
                           num_workers=self.cfg.workers, collate_fn=collate_skip, drop_last=False)
 
     def _on_signal(self, signum, frame) -> None:
+        """First SIGINT/SIGTERM: finish the step, save, stop. A second one aborts at once."""
+        if self.stop_signal is not None:
+            raise KeyboardInterrupt
         self.stop_signal = signum
 
     def fit(self) -> Dict[str, Any]:
