@@ -15,6 +15,7 @@ COMMAND_MODULES: List[str] = [
     "lolvit.commands",
     "lolvit.commands_dense",
     "lolvit.bench.cli",
+    "lolvit.tasks.classify.cli",
 ]
 
 

@@ -1,0 +1,115 @@
+"""Evaluation: top-1/top-5, per-class accuracy, confusion matrix, and ``lolvit val`` on a checkpoint."""
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+
+@dataclass
+class EvalResult:
+    loss_sum: float = 0.0
+    correct1: int = 0
+    correct5: int = 0
+    count: int = 0
+    skipped: int = 0
+    confusion: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int64))
+
+    @property
+    def top1(self) -> float:
+        return 100.0 * self.correct1 / max(self.count, 1)
+
+    @property
+    def top5(self) -> float:
+        return 100.0 * self.correct5 / max(self.count, 1)
+
+    def per_class(self) -> List[float]:
+        """Recall per class in percent (rows of the confusion matrix are true classes)."""
+        totals = self.confusion.sum(1)
+        return [100.0 * self.confusion[i, i] / t if t else float("nan") for i, t in enumerate(totals)]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device = torch.device("cpu"),
+             amp: bool = False) -> EvalResult:
+    """Batches of ``(x (B,3,H,W), y (B,), n_skipped)`` -> accumulated :class:`EvalResult`."""
+    was_training = model.training
+    model.eval()
+    res = EvalResult(confusion=np.zeros((num_classes, num_classes), dtype=np.int64))
+    k = min(5, num_classes)
+    for x, y, skipped in loader:
+        res.skipped += skipped
+        if x is None:
+            continue
+        x, y = x.to(device), y.to(device)
+        with torch.autocast("cuda", dtype=torch.float16) if amp else nullcontext():
+            logits = model(x).float()
+        res.loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(k, dim=1).indices
+        res.correct1 += (top[:, 0] == y).sum().item()
+        res.correct5 += (top == y[:, None]).any(1).sum().item()
+        res.count += len(y)
+        np.add.at(res.confusion, (y.cpu().numpy(), top[:, 0].cpu().numpy()), 1)
+    model.train(was_training)
+    return res
+
+
+def validate(checkpoint: str, data: str, out: Optional[str] = None, img_size: Optional[int] = None,
+             batch_size: int = 64, data_root: Optional[str] = None, workers: int = 0, threads: Optional[int] = None,
+             latency_images: int = 50) -> Dict[str, Any]:
+    """Evaluate a checkpoint on ``data``'s val split; writes ``val.md`` and ``confusion.png`` into ``out``.
+
+    Latency: batch-1 median over ``latency_images`` val images of the fused model."""
+    from timm.data import create_transform
+
+    from ...io import load_checkpoint
+    from ...nn.fuse import fuse
+    from .data import build_dataset, collate_skip
+    from .latency import median_latency_ms
+    from .plots import plot_confusion
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_checkpoint(checkpoint)
+    extra = getattr(model, "checkpoint_extra", {}) or {}
+    size = img_size or int(extra.get("img_size", 224))
+    tf = create_transform(size, is_training=False, crop_pct=1.0, interpolation="bilinear")
+    ds = build_dataset(data, "val", tf, size, data_root, classes=model.class_names)
+    classes = model.class_names or list(ds.classes)
+    if model.num_classes != len(classes) or len(ds.classes) != len(classes):
+        raise ValueError(f"checkpoint has {model.num_classes} classes but {data!r} has {len(ds.classes)}")
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate_skip)
+    res = evaluate(model, loader, len(classes))
+    fused = fuse(model)
+    imgs = []
+    for i in range(len(ds)):
+        item = ds[i]
+        if item is not None:
+            imgs.append(item[0][None])
+        if len(imgs) >= latency_images:
+            break
+    lat = median_latency_ms(fused, imgs) if imgs else float("nan")
+    report = {"checkpoint": str(checkpoint), "data": data, "img_size": size, "images": res.count,
+              "skipped": res.skipped, "top1": res.top1, "top5": res.top5, "loss": res.loss_sum / max(res.count, 1),
+              "per_class": dict(zip(classes, res.per_class())), "latency_ms": lat, "threads": torch.get_num_threads()}
+    if out:
+        o = Path(out)
+        o.mkdir(parents=True, exist_ok=True)
+        plot_confusion(res.confusion, classes, o / "confusion.png")
+        (o / "val.md").write_text(format_report(report))
+    return report
+
+
+def format_report(r: Dict[str, Any]) -> str:
+    lines = [f"# Validation of {r['checkpoint']}", "",
+             f"data {r['data']} (val), {r['images']} images at {r['img_size']} px, {r['skipped']} unreadable skipped", "",
+             f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  loss {r['loss']:.4f}",
+             f"fused CPU latency, batch 1, {r['threads']} threads: median {r['latency_ms']:.2f} ms", "",
+             "| class | accuracy (%) |", "|---|---:|"]
+    lines += [f"| {c} | {a:.2f} |" for c, a in r["per_class"].items()]
+    return "\n".join(lines) + "\n"
