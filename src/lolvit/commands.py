@@ -1,4 +1,4 @@
-"""Core commands: ``info``, ``predict``, ``export``."""
+"""Core commands: ``info``, ``predict``, ``export`` (``demo`` lives with the classification task)."""
 import argparse
 
 
