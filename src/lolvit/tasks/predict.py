@@ -33,7 +33,8 @@ def load_image(path: Union[str, Path], in_chans: int = 3) -> Image.Image:
         with Image.open(p) as im:
             im.load()
             return im.convert("L" if in_chans == 1 else "RGB")
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, ImportError, ValueError, SyntaxError) as e:
+        # ImportError: an optional Pillow plugin hook (ultralytics' HEIF patch) failed on a non-image
         raise ValueError(f"cannot read image {p}: {e}") from e
 
 
