@@ -17,6 +17,7 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     fused.weight.copy_(conv.weight * scale.reshape(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
     fused.bias.copy_(beta + (bias - bn.running_mean) * scale)
+    fused.requires_grad_(conv.weight.requires_grad)
     return fused
 
 
