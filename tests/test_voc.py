@@ -32,7 +32,7 @@ def voc(tmp_path):
     }
     for stem, body in xml.items():
         Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{stem}.jpg")
-        text = body if stem == "000003" else f"<annotation><size><width>96</width><height>64</height></size>{body}</annotation>"
+        text = body if stem == "000003" else f"<annotation><size><width>96</width></size>{body}</annotation>"
         (root / "Annotations" / f"{stem}.xml").write_text(text)
     Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(root / "JPEGImages" / "000004.jpg")
     (root / "ImageSets" / "Main" / "train.txt").write_text("000001\n000002\n000003\n000004\n000005\n")

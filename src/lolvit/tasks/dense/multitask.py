@@ -41,7 +41,8 @@ from .datasets import RoadSegDataset, road_collate
 
 __all__ = [
     "LOLViTMultiTask", "SegHead", "focal_loss", "tversky_loss", "multitask_loss", "confusion_counts",
-    "seg_metrics", "detection_loss", "coco_bbox_stats", "train_multitask", "evaluate_multitask", "measure_fps", "save_multitask", "load_multitask",
+    "seg_metrics", "detection_loss", "coco_bbox_stats", "train_multitask", "evaluate_multitask", "measure_fps",
+    "save_multitask", "load_multitask",
 ]
 
 PathLike = Union[str, Path]
