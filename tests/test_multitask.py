@@ -126,6 +126,15 @@ def test_detection_branch_train_val(roads, tmp_path, no_network, capsys):
         out = model(torch.rand(1, 3, *SIZE))
     anchors = sum((SIZE[0] // s) * (SIZE[1] // s) for s in (8, 16, 32))
     assert out["detect"].shape == (1, 4 + 1, anchors) and out["drivable"].shape == (1, *SIZE)
+    from lolvit.nn.fuse import fuse
+
+    x = torch.rand(1, 3, *SIZE)
+    with torch.no_grad():
+        ref = model(x)
+        fused = fuse(model)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    for k in ("drivable", "lane", "detect"):
+        assert torch.allclose(fused[k], ref[k], atol=1e-3, rtol=1e-3)
     from lolvit.cli import main
 
     capsys.readouterr()

@@ -103,8 +103,8 @@ class LOLViTMultiTask(nn.Module):
         y = self.smooth[1](self.lateral[0](p3) + F.interpolate(y4, size=p3.shape[-2:], mode="nearest"))
         out: Dict[str, Any] = {t: head(y)[..., :H, :W] for t, head in self.heads.items()}
         if self.nc:
-            det = self.detect([y, y4, y5])
-            out["detect"] = det if self.training else det[0]
+            det = self.detect([y, y4, y5])  # eval: (decoded, raw) tuple, or decoded alone in export mode
+            out["detect"] = det[0] if isinstance(det, tuple) else det
         return out
 
 
@@ -245,13 +245,13 @@ def evaluate_multitask(model: nn.Module, root: PathLike, split: str = "val", siz
     counts = {t: [] for t in TASKS}
     sizes: List[int] = []
     dets: List[Dict[str, Any]] = []
+    if nc:
+        from ultralytics.utils.nms import non_max_suppression
     for img, da, ll, *_ in loader:
         out = model(img)
         counts["drivable"].append(confusion_counts(out["drivable"], da))
         counts["lane"].append(confusion_counts(out["lane"], ll))
         if nc:
-            from ultralytics.utils.nms import non_max_suppression
-
             for j, d in enumerate(non_max_suppression(out["detect"], conf_thres=0.001, iou_thres=0.7, max_det=100)):
                 for x0, y0, x1, y1, score, c in d.tolist():
                     dets.append({"image_id": sum(sizes) + j, "category_id": int(c), "score": score,
