@@ -37,6 +37,7 @@ from torch import Tensor
 from ...models import MODEL_CONFIGS, create_lolvit
 from ...nn.blocks import ConvBNAct
 from .checkpoint import read_spec_checkpoint, save_spec_checkpoint
+from .coco import coco_bbox_stats
 from .datasets import RoadSegDataset, road_collate
 
 __all__ = [
@@ -121,26 +122,6 @@ def detection_loss(model: LOLViTMultiTask, preds: Dict[str, Tensor], targets: Di
         object.__setattr__(model, "_det_criterion", crit)
     loss, _ = crit(preds, targets)
     return loss.sum() / preds["boxes"].shape[0]
-
-
-def coco_bbox_stats(gt: Dict[str, Any], dets: List[Dict[str, Any]]) -> Dict[str, float]:
-    """pycocotools bbox evaluation of ``dets`` against the COCO dict ``gt``: mAP50-95, mAP50, mAP75
-    (0.0 when there are no detections or no annotations)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    coco = COCO()
-    coco.dataset = gt
-    coco.createIndex()
-    if not dets or not gt["annotations"]:
-        stats = [0.0] * 12
-    else:
-        ev = COCOeval(coco, coco.loadRes(dets), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-        stats = [max(float(v), 0.0) for v in ev.stats]
-    return {"map50_95": stats[0], "map50": stats[1], "map75": stats[2]}
 
 
 def _road_ground_truth(data: RoadSegDataset, nc: int) -> Dict[str, Any]:

@@ -21,6 +21,7 @@ from torch import Tensor
 from ...models import MODEL_CONFIGS, create_lolvit
 from ...nn.blocks import ConvBNAct
 from .checkpoint import read_spec_checkpoint, save_spec_checkpoint
+from .coco import coco_bbox_stats
 from .datasets import DetectionDataset, detection_collate
 
 __all__ = ["LOLViTSSDBackbone", "build_ssd", "train_ssd", "evaluate_ssd", "save_ssd", "load_ssd"]
@@ -162,9 +163,6 @@ def evaluate_ssd(model: nn.Module, images: PathLike, labels: PathLike, batch: in
                  fmt: str = "auto", difficult: str = "skip") -> Dict[str, float]:
     """COCO bbox metrics with pycocotools: mAP50-95, mAP50, mAP75 and images/s of the whole model.
     ``fmt``/``difficult`` as in :class:`DetectionDataset`."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     torch.set_num_threads(threads)
     data = DetectionDataset(images, labels, num_classes=model.lolvit_spec["num_classes"], fmt=fmt,
                             difficult=difficult)
@@ -178,16 +176,5 @@ def evaluate_ssd(model: nn.Module, images: PathLike, labels: PathLike, batch: in
                 dets.append({"image_id": tgt["image_id"], "category_id": data.category_ids[label - 1],
                              "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
     seconds = time.time() - t0
-    gt = COCO()
-    gt.dataset = data.coco_ground_truth()
-    gt.createIndex()
-    if not dets or not gt.dataset["annotations"]:
-        stats = [0.0] * 12
-    else:
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-        stats = [max(float(s), 0.0) for s in ev.stats]
-    return {"map50_95": stats[0], "map50": stats[1], "map75": stats[2], "images": len(data),
-            "detections": len(dets), "images_per_s": round(len(data) / max(seconds, 1e-9), 2)}
+    return {**coco_bbox_stats(data.coco_ground_truth(), dets), "images": len(data), "detections": len(dets),
+            "images_per_s": round(len(data) / max(seconds, 1e-9), 2)}
