@@ -102,6 +102,8 @@ def test_road_boxes_and_coco_map_by_hand(roads):
     assert mt.coco_bbox_stats(gt, perfect)["map50"] == pytest.approx(1.0)
     shifted = [{**d, "bbox": [d["bbox"][0] + 2 * d["bbox"][2], *d["bbox"][1:]]} for d in perfect]  # no overlap
     assert mt.coco_bbox_stats(gt, shifted)["map50"] == pytest.approx(0.0)
+    assert mt.coco_bbox_stats(gt, [])["map50"] == 0.0
+    assert math.isnan(mt.coco_bbox_stats({**gt, "annotations": []}, perfect)["map50"])  # undefined without boxes
 
 
 def test_detection_branch_train_val(roads, tmp_path, no_network, capsys):

@@ -6,14 +6,16 @@ __all__ = ["coco_bbox_stats"]
 
 def coco_bbox_stats(gt: Dict[str, Any], dets: List[Dict[str, Any]]) -> Dict[str, float]:
     """pycocotools bbox evaluation of ``dets`` against the COCO dict ``gt``: mAP50-95, mAP50, mAP75
-    (0.0 when there are no detections or no annotations)."""
+    (0.0 without detections; nan, undefined, when ``gt`` has no annotations)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     coco = COCO()
     coco.dataset = gt
     coco.createIndex()
-    if not dets or not gt["annotations"]:
+    if not gt["annotations"]:
+        stats = [float("nan")] * 12
+    elif not dets:
         stats = [0.0] * 12
     else:
         ev = COCOeval(coco, coco.loadRes(dets), "bbox")
