@@ -68,6 +68,7 @@ def test_make_scenes_deterministic_and_errors(tmp_path):
 def test_make_roads_layout_and_masks(tmp_path, no_network):
     assert main(["data", "make-roads", str(tmp_path), "--train", "3", "--val", "2", "--width", "96",
                  "--height", "64"]) == 0
+    vehicles = 0
     for split, n in (("train", 3), ("val", 2)):
         imgs = sorted((tmp_path / "images" / split).glob("*.jpg"))
         assert len(imgs) == n
@@ -77,6 +78,14 @@ def test_make_roads_layout_and_masks(tmp_path, no_network):
             assert da.shape == ll.shape == (64, 96) and set(np.unique(da)) <= {0, 255}
             assert 0 < (da > 0).mean() < 0.9 and 0 < (ll > 0).mean() < 0.3
             assert (ll > 0)[: int(64 * 0.3)].sum() == 0  # nothing above the horizon
+            for line in (tmp_path / "det_annotations" / split / f"{p.stem}.txt").read_text().splitlines():
+                c, cx, cy, w, h = map(float, line.split())
+                x0, y0 = round((cx - w / 2) * 96), round((cy - h / 2) * 64)
+                x1, y1 = round((cx + w / 2) * 96), round((cy + h / 2) * 64)
+                assert c == 0 and 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 64
+                assert (da[y0:y1, x0:x1] == 0).all()  # a vehicle covers the road: not drivable
+                vehicles += 1
+    assert vehicles > 0
     with pytest.raises(ValueError, match="width and height"):
         make_roads(tmp_path / "x", 1, 1, 16, 16)
     assert main(["data", "make-roads", str(tmp_path / "y"), "--width", "8"]) == 2

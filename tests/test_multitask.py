@@ -79,3 +79,69 @@ def test_road_loader_skips_bad_input(roads, tmp_path):
     assert img.shape == (3, *SIZE) and da.shape == ll.shape == SIZE and set(da.unique().tolist()) <= {0.0, 1.0}
     with pytest.raises(FileNotFoundError, match="does not exist"):
         RoadSegDataset(tmp_path / "nowhere", "train")
+
+
+def test_default_has_no_detection_branch():
+    model = mt.LOLViTMultiTask("lolvit_s")
+    assert model.nc == 0 and model.spec == {"variant": "lolvit_s", "neck": 64}
+    assert not any(k.startswith("detect") for k in model.state_dict())
+    with pytest.raises(ValueError, match="nc"):
+        mt.LOLViTMultiTask("lolvit_s", nc=-1)
+
+
+def test_road_boxes_and_coco_map_by_hand(roads):
+    data = RoadSegDataset(roads, "train", SIZE, boxes=True, num_classes=1)
+    lines = sum(len(p.read_text().splitlines()) for p in (roads / "det_annotations" / "train").glob("*.txt"))
+    assert data.stats["boxes"] == lines > 0
+    img, da, ll, boxes = data[next(i for i, b in enumerate(data.boxes) if len(b))]
+    assert boxes.shape[1] == 5 and (boxes[:, 0] == 0).all() and (boxes[:, 1:] > 0).all() and (boxes[:, 1:] <= 1).all()
+    gt = mt._road_ground_truth(data, 1)
+    assert len(gt["annotations"]) == lines
+    perfect = [{"image_id": a["image_id"], "category_id": 0, "bbox": a["bbox"], "score": 1.0}
+               for a in gt["annotations"]]
+    assert mt.coco_bbox_stats(gt, perfect)["map50"] == pytest.approx(1.0)
+    shifted = [{**d, "bbox": [d["bbox"][0] + 2 * d["bbox"][2], *d["bbox"][1:]]} for d in perfect]  # no overlap
+    assert mt.coco_bbox_stats(gt, shifted)["map50"] == pytest.approx(0.0)
+    assert mt.coco_bbox_stats(gt, [])["map50"] == 0.0
+    assert math.isnan(mt.coco_bbox_stats({**gt, "annotations": []}, perfect)["map50"])  # undefined without boxes
+
+
+def test_detection_branch_train_val(roads, tmp_path, no_network, capsys):
+    pytest.importorskip("ultralytics")
+    pytest.importorskip("pycocotools")
+    bad = tmp_path / "r"
+    shutil.copytree(roads, bad)
+    (bad / "det_annotations" / "train" / "train_00002.txt").write_text("0 0.5 zz 0.1 0.1\n0 1.7 0.5 0.2 0.2\n")
+    (bad / "det_annotations" / "train" / "train_00003.txt").unlink()
+    with pytest.warns(UserWarning, match="1 malformed label lines, 1 boxes outside image"):
+        report = mt.train_multitask(bad, "lolvit_s", size=SIZE, epochs=1, batch=3, out=tmp_path / "mtd",
+                                    threads=2, nc=1)
+    assert report["skipped"]["missing_label_files"] == 1 and report["train_images"] == 6
+    assert report["loss"][0]["detect"] > 0 and report["loss"][0]["total"] > report["loss"][0]["detect"]
+    val = report["val"]
+    assert set(val["metrics"]) == {"per_image (A-YOLOM)", "per_batch (YOLOP)", "dataset"}
+    det = val["detection"]
+    assert 0.0 <= det["map50_95"] <= det["map50"] <= 1.0 and det["boxes"] > 0 and det["detections"] > 0
+    model = mt.load_multitask(report["checkpoint"])
+    assert model.nc == 1
+    with torch.no_grad():
+        out = model(torch.rand(1, 3, *SIZE))
+    anchors = sum((SIZE[0] // s) * (SIZE[1] // s) for s in (8, 16, 32))
+    assert out["detect"].shape == (1, 4 + 1, anchors) and out["drivable"].shape == (1, *SIZE)
+    from lolvit.nn.fuse import fuse
+
+    x = torch.rand(1, 3, *SIZE)
+    with torch.no_grad():
+        ref = model(x)
+        fused = fuse(model)(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    for k in ("drivable", "lane", "detect"):
+        assert torch.allclose(fused[k], ref[k], atol=1e-3, rtol=1e-3)
+    from lolvit.cli import main
+
+    capsys.readouterr()
+    assert main(["multitask", "val", str(bad), "--checkpoint", report["checkpoint"], "--size", "64", "96",
+                 "--batch", "3"]) == 0
+    text = capsys.readouterr().out
+    again = json.loads(text[text.index("{\n"):])
+    assert again["detection"]["map50"] == pytest.approx(det["map50"], abs=1e-6)

@@ -90,10 +90,15 @@ def _register_ssd(sub) -> None:
     p = sub.add_parser("ssd", help="LOLViT + SSDLite detection head (torchvision), COCO mAP")
     ds = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action in ("train", "val"):
-        q = ds.add_parser(action, help=f"{action} on a COCO-json or YOLO-txt dataset")
-        q.add_argument("--images", required=True, help="folder of training images" if action == "train"
-                       else "folder of validation images")
-        q.add_argument("--labels", required=True, help="COCO json file or folder of YOLO txt labels")
+        q = ds.add_parser(action, help=f"{action} on a COCO-json, YOLO-txt or Pascal VOC dataset")
+        q.add_argument("--images", required=True, help=("folder of training images" if action == "train"
+                       else "folder of validation images") + "; with --format voc the VOC root")
+        q.add_argument("--labels", required=True, help="COCO json file or folder of YOLO txt labels; "
+                       "with --format voc the split name (ImageSets/Main/SPLIT.txt)")
+        q.add_argument("--format", dest="fmt", default="auto", choices=("auto", "voc"),
+                       help="auto: YOLO txt folder or COCO json; voc: Pascal VOC xml")
+        q.add_argument("--difficult", default="skip", choices=("skip", "keep"),
+                       help="VOC difficult objects: skip, or keep (trained on, ignored in mAP)")
         q.add_argument("--size", type=int, default=320)
         q.add_argument("--batch", type=int, default=16)
         q.add_argument("--threads", type=int, default=2)
@@ -101,7 +106,8 @@ def _register_ssd(sub) -> None:
             q.add_argument("--val-images")
             q.add_argument("--val-labels")
             q.add_argument("--variant", default="lolvit_s", choices=("lolvit_s", "lolvit_x"))
-            q.add_argument("--num-classes", type=int, required=True, help="object classes (no background)")
+            q.add_argument("--num-classes", type=int, default=None,
+                           help="object classes (no background); default: from the labels (VOC: 20)")
             q.add_argument("--epochs", type=int, default=10)
             q.add_argument("--lr", type=float, default=2e-3)
             q.add_argument("--out", default="runs/ssd/last.safetensors")
@@ -116,7 +122,7 @@ def _ssd_train(a) -> int:
 
     report = ssd.train_ssd(a.images, a.labels, a.num_classes, variant=a.variant, size=a.size, epochs=a.epochs,
                            batch=a.batch, lr=a.lr, out=a.out, val_images=a.val_images, val_labels=a.val_labels,
-                           threads=a.threads, seed=a.seed)
+                           threads=a.threads, seed=a.seed, fmt=a.fmt, difficult=a.difficult)
     _print(report)
     return 0
 
@@ -125,7 +131,8 @@ def _ssd_val(a) -> int:
     from lolvit.tasks.dense import ssd
 
     model = ssd.load_ssd(a.checkpoint)
-    _print(ssd.evaluate_ssd(model, a.images, a.labels, batch=a.batch, threads=a.threads))
+    _print(ssd.evaluate_ssd(model, a.images, a.labels, batch=a.batch, threads=a.threads, fmt=a.fmt,
+                            difficult=a.difficult))
     return 0
 
 
@@ -146,6 +153,9 @@ def _register_multitask(sub) -> None:
             q.add_argument("--lr", type=float, default=2e-3)
             q.add_argument("--out", default="runs/multitask/last.safetensors")
             q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--detect", action="store_true",
+                           help="add the detection branch (YOLO boxes in det_annotations/SPLIT/*.txt)")
+            q.add_argument("--nc", type=int, default=1, help="detection classes with --detect")
         else:
             q.add_argument("--checkpoint", required=True)
         q.set_defaults(func=_mt_train if action == "train" else _mt_val)
@@ -155,7 +165,8 @@ def _mt_train(a) -> int:
     from lolvit.tasks.dense import multitask as mt
 
     _print(mt.train_multitask(a.root, variant=a.variant, size=tuple(a.size), epochs=a.epochs, batch=a.batch,
-                              lr=a.lr, out=a.out, threads=a.threads, seed=a.seed, split=a.split))
+                              lr=a.lr, out=a.out, threads=a.threads, seed=a.seed, split=a.split,
+                              nc=a.nc if a.detect else 0))
     return 0
 
 

@@ -1,7 +1,9 @@
-"""Loaders for dense tasks: detection (YOLO txt or COCO json) and road segmentation (BDD100K
-layout). Broken samples are skipped at scan time with a count and one warning, never mid-epoch."""
+"""Loaders for dense tasks: detection (YOLO txt, COCO json or Pascal VOC xml) and road segmentation
+(BDD100K layout, optional YOLO boxes). Broken samples are skipped at scan time with a count and one
+warning, never mid-epoch."""
 import json
 import warnings
+import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -12,11 +14,16 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DetectionDataset", "RoadSegDataset", "detection_collate", "IMAGE_SUFFIXES"]
+__all__ = ["DetectionDataset", "RoadSegDataset", "detection_collate", "road_collate", "IMAGE_SUFFIXES",
+           "VOC_CLASSES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 PathLike = Union[str, Path]
 _TOL = 0.01  # relative tolerance for box coordinates slightly outside the image
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
+    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
 
 
 def _decodes(path: Path) -> Optional[Tuple[int, int]]:
@@ -31,6 +38,42 @@ def _decodes(path: Path) -> Optional[Tuple[int, int]]:
         return None
 
 
+def _parse_yolo_line(parts: List[str], num_classes: Optional[int], stats: Counter):
+    """``cls cx cy w h`` or ``cls x1 y1 x2 y2 ...`` (normalised) -> (cls, normalised xyxy) or None
+    (counted in ``stats`` as a malformed line or a box outside the image)."""
+    try:
+        values = [float(v) for v in parts]
+    except ValueError:
+        stats["malformed_label_lines"] += 1
+        return None
+    if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0) or values[0] != int(values[0]) \
+            or values[0] < 0 or (num_classes is not None and values[0] >= num_classes):
+        stats["malformed_label_lines"] += 1
+        return None
+    cls = int(values[0])
+    if len(values) == 5:
+        cx, cy, bw, bh = values[1:]
+        box = [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]
+    else:
+        xy = np.asarray(values[1:]).reshape(-1, 2)
+        box = [xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()]
+    if min(box) < -_TOL or max(box) > 1 + _TOL or box[2] <= box[0] or box[3] <= box[1]:
+        stats["boxes_outside_image"] += 1
+        return None
+    return cls, [min(max(v, 0.0), 1.0) for v in box]
+
+
+def _read_yolo_file(label: Path, num_classes: Optional[int], stats: Counter) -> List[Tuple[int, List[float]]]:
+    """All valid (cls, normalised xyxy) of one YOLO txt file; missing / empty files are counted."""
+    if not label.is_file():
+        stats["missing_label_files"] += 1
+        return []
+    lines = [ln.split() for ln in label.read_text().splitlines() if ln.strip()]
+    if not lines:
+        stats["empty_label_files"] += 1
+    return [r for r in (_parse_yolo_line(parts, num_classes, stats) for parts in lines) if r is not None]
+
+
 def _warn(kind: str, root: Path, counts: Counter) -> None:
     bad = {k: v for k, v in counts.items() if v and k not in ("images", "boxes", "background")}
     if bad:
@@ -39,28 +82,46 @@ def _warn(kind: str, root: Path, counts: Counter) -> None:
 
 
 class DetectionDataset(Dataset):
-    """Images + boxes from a YOLO txt folder (``cls cx cy w h`` normalised, or polygons) or a COCO
-    json file. Item: ``(image (3, H, W) float in [0, 1], {"boxes": (N, 4) xyxy pixels,
+    """Images + boxes from a YOLO txt folder (``cls cx cy w h`` normalised, or polygons), a COCO
+    json file, or (``fmt="voc"``) a Pascal VOC root: then ``images`` is the root holding
+    ``JPEGImages/``, ``Annotations/*.xml`` and ``ImageSets/Main/{split}.txt`` and ``labels`` is the
+    split name; classes are ``class_names`` (default the 20 VOC classes) and ``difficult`` objects
+    are skipped (``"skip"``) or kept (``"keep"``: trained on, ignored by the COCO evaluation).
+    Item: ``(image (3, H, W) float in [0, 1], {"boxes": (N, 4) xyxy pixels,
     "labels": (N,) int64 in 1..K (0 is background), "image_id": int})``.
 
-    ``stats`` counts what was kept and skipped: undecodable images, malformed label lines, boxes
-    outside the image, missing label files (background), empty label files (background)."""
+    ``stats`` counts what was kept and skipped: undecodable images, malformed label lines (or XML
+    files), boxes outside the image, missing label files, empty label files (background)."""
 
     def __init__(self, images: PathLike, labels: PathLike, num_classes: Optional[int] = None,
-                 class_names: Optional[Sequence[str]] = None):
-        self.images_dir, labels = Path(images), Path(labels)
-        if not self.images_dir.is_dir():
-            raise FileNotFoundError(f"image folder {str(images)!r} does not exist")
-        if not labels.exists():
-            raise FileNotFoundError(f"labels {str(labels)!r} do not exist (COCO json file or YOLO txt folder)")
+                 class_names: Optional[Sequence[str]] = None, fmt: str = "auto", difficult: str = "skip"):
+        if fmt not in ("auto", "voc"):
+            raise ValueError(f"fmt must be 'auto' (YOLO txt / COCO json) or 'voc', got {fmt!r}")
+        if difficult not in ("skip", "keep"):
+            raise ValueError(f"difficult must be 'skip' or 'keep', got {difficult!r}")
         self.stats: Counter = Counter()
         self.samples: List[Dict[str, Any]] = []
-        if labels.is_file():
-            self._scan_coco(labels)
+        if fmt == "voc":
+            root = Path(images)
+            self.images_dir = root / "JPEGImages"
+            if not self.images_dir.is_dir() or not (root / "Annotations").is_dir():
+                raise FileNotFoundError(f"VOC root {str(images)!r} needs JPEGImages/ and Annotations/ folders")
+            names = list(class_names) if class_names is not None else list(VOC_CLASSES)
+            if num_classes is not None and num_classes != len(names):
+                raise ValueError(f"num_classes={num_classes} but {len(names)} VOC class names are given")
+            self._scan_voc(root, str(labels), names, difficult)
         else:
-            self._scan_yolo(labels, num_classes)
-        if class_names is not None:
-            self.class_names = list(class_names)
+            self.images_dir, labels = Path(images), Path(labels)
+            if not self.images_dir.is_dir():
+                raise FileNotFoundError(f"image folder {str(images)!r} does not exist")
+            if not labels.exists():
+                raise FileNotFoundError(f"labels {str(labels)!r} do not exist (COCO json file or YOLO txt folder)")
+            if labels.is_file():
+                self._scan_coco(labels)
+            else:
+                self._scan_yolo(labels, num_classes)
+            if class_names is not None:
+                self.class_names = list(class_names)
         if not self.samples:
             raise ValueError(f"no usable images in {str(images)!r} with labels {str(labels)!r}: {dict(self.stats)}")
         self.num_classes = len(self.class_names)
@@ -75,48 +136,63 @@ class DetectionDataset(Dataset):
                 self.stats["undecodable_images"] += 1
                 continue
             w, h = size
-            label = folder / f"{path.stem}.txt"
             boxes, classes = [], []
-            if not label.is_file():
-                self.stats["missing_label_files"] += 1
-            else:
-                lines = [ln.split() for ln in label.read_text().splitlines() if ln.strip()]
-                if not lines:
-                    self.stats["empty_label_files"] += 1
-                for parts in lines:
-                    parsed = self._parse_yolo_line(parts, num_classes)
-                    if parsed is None:
-                        continue
-                    cls, (x0, y0, x1, y1) = parsed
-                    classes.append(cls)
-                    boxes.append([x0 * w, y0 * h, x1 * w, y1 * h])
-                    top = max(top, cls)
+            for cls, (x0, y0, x1, y1) in _read_yolo_file(folder / f"{path.stem}.txt", num_classes, self.stats):
+                classes.append(cls)
+                boxes.append([x0 * w, y0 * h, x1 * w, y1 * h])
+                top = max(top, cls)
             self._add(path, w, h, boxes, classes)
         n = num_classes if num_classes is not None else top + 1
         self.class_names = [str(i) for i in range(max(n, 1))]
         self.category_ids = list(range(len(self.class_names)))
 
-    def _parse_yolo_line(self, parts: List[str], num_classes: Optional[int]):
-        try:
-            values = [float(v) for v in parts]
-        except ValueError:
-            self.stats["malformed_label_lines"] += 1
-            return None
-        if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0) or values[0] != int(values[0]) \
-                or values[0] < 0 or (num_classes is not None and values[0] >= num_classes):
-            self.stats["malformed_label_lines"] += 1
-            return None
-        cls = int(values[0])
-        if len(values) == 5:
-            cx, cy, bw, bh = values[1:]
-            box = [cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2]
-        else:
-            xy = np.asarray(values[1:]).reshape(-1, 2)
-            box = [xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()]
-        if min(box) < -_TOL or max(box) > 1 + _TOL or box[2] <= box[0] or box[3] <= box[1]:
-            self.stats["boxes_outside_image"] += 1
-            return None
-        return cls, [min(max(v, 0.0), 1.0) for v in box]
+    def _scan_voc(self, root: Path, split: str, class_names: Sequence[str], difficult: str) -> None:
+        ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
+        if not ids_file.is_file():
+            raise FileNotFoundError(f"VOC split file {str(ids_file)!r} does not exist")
+        self.class_names = [str(c) for c in class_names]
+        self.category_ids = list(range(len(self.class_names)))
+        index = {c: i for i, c in enumerate(self.class_names)}
+        for stem in (ln.split()[0] for ln in ids_file.read_text().splitlines() if ln.strip()):
+            xml, img = root / "Annotations" / f"{stem}.xml", self.images_dir / f"{stem}.jpg"
+            size = _decodes(img) if img.is_file() else None
+            if size is None:
+                self.stats["undecodable_images" if img.is_file() else "missing_images"] += 1
+                continue
+            if not xml.is_file():
+                self.stats["missing_label_files"] += 1
+                continue
+            try:
+                objects = ET.parse(xml).getroot().findall("object")
+            except ET.ParseError:
+                self.stats["malformed_xml_files"] += 1
+                continue
+            w, h = size
+            boxes, classes, hard = [], [], []
+            for obj in objects:
+                name = (obj.findtext("name") or "").strip()
+                try:
+                    is_hard = int(obj.findtext("difficult") or 0) == 1
+                    bb = obj.find("bndbox")
+                    x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                except (AttributeError, TypeError, ValueError):
+                    self.stats["malformed_label_lines"] += 1
+                    continue
+                if name not in index:
+                    self.stats["unknown_classes"] += 1
+                    continue
+                if is_hard and difficult == "skip":
+                    self.stats["difficult_skipped"] += 1
+                    continue
+                x0, y0 = x0 - 1, y0 - 1  # VOC pixel indices are 1-based and inclusive
+                if x0 < -_TOL * w or y0 < -_TOL * h or x1 > (1 + _TOL) * w or y1 > (1 + _TOL) * h \
+                        or x1 <= x0 or y1 <= y0:
+                    self.stats["boxes_outside_image"] += 1
+                    continue
+                boxes.append([max(x0, 0.0), max(y0, 0.0), min(x1, w), min(y1, h)])
+                classes.append(index[name])
+                hard.append(is_hard)
+            self._add(img, w, h, boxes, classes, hard)
 
     def _scan_coco(self, path: Path) -> None:
         try:
@@ -156,13 +232,15 @@ class DetectionDataset(Dataset):
                 classes.append(cls)
             self._add(img_path, w, h, boxes, classes)
 
-    def _add(self, path: Path, w: int, h: int, boxes: List[List[float]], classes: List[int]) -> None:
+    def _add(self, path: Path, w: int, h: int, boxes: List[List[float]], classes: List[int],
+             difficult: Optional[List[bool]] = None) -> None:
         self.stats["images"] += 1
         self.stats["boxes"] += len(boxes)
         if not boxes:
             self.stats["background"] += 1
         self.samples.append(dict(path=path, width=w, height=h, boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-                                 classes=np.asarray(classes, np.int64)))
+                                 classes=np.asarray(classes, np.int64),
+                                 difficult=np.asarray(difficult or [False] * len(classes), bool)))
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -177,14 +255,15 @@ class DetectionDataset(Dataset):
         return image, target
 
     def coco_ground_truth(self) -> Dict[str, Any]:
-        """The kept annotations as a COCO dict (image ids = dataset indices, category ids as loaded)."""
+        """The kept annotations as a COCO dict (image ids = dataset indices, category ids as loaded).
+        VOC ``difficult`` boxes kept with ``difficult="keep"`` become ``iscrowd`` (ignored by COCOeval)."""
         images, anns = [], []
         for i, s in enumerate(self.samples):
             images.append({"id": i, "file_name": s["path"].name, "width": s["width"], "height": s["height"]})
-            for b, c in zip(s["boxes"].tolist(), s["classes"].tolist()):
+            for b, c, d in zip(s["boxes"].tolist(), s["classes"].tolist(), s["difficult"].tolist()):
                 anns.append({"id": len(anns) + 1, "image_id": i, "category_id": self.category_ids[c],
                              "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                             "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": 0})
+                             "area": (b[2] - b[0]) * (b[3] - b[1]), "iscrowd": int(d)})
         cats = [{"id": cid, "name": n} for cid, n in zip(self.category_ids, self.class_names)]
         return {"images": images, "annotations": anns, "categories": cats}
 
@@ -201,10 +280,14 @@ class RoadSegDataset(Dataset):
     areas, ids 0/1 in the 3-class id maps, are mapped by ``drivable_ids`` when given).
 
     Item: ``(image (3, H, W) float [0, 1], drivable (H, W) float {0,1}, lane (H, W) float {0,1})``
-    resized to ``size = (H, W)`` (bilinear image, nearest masks)."""
+    resized to ``size = (H, W)`` (bilinear image, nearest masks). With ``boxes=True`` the item also
+    carries ``(N, 5)`` float boxes ``cls cx cy w h`` (normalised) read from YOLO txt files
+    ``root/det_annotations/{split}/{stem}.txt``; malformed lines, boxes outside the image, missing and
+    empty files are counted in ``stats`` (the image stays, as background)."""
 
     def __init__(self, root: PathLike, split: str = "train", size: Tuple[int, int] = (192, 320),
-                 drivable_ids: Optional[Sequence[int]] = None):
+                 drivable_ids: Optional[Sequence[int]] = None, boxes: bool = False,
+                 num_classes: Optional[int] = None):
         self.root = Path(root)
         img_dir = self.root / "images" / split
         if not img_dir.is_dir():
@@ -215,6 +298,11 @@ class RoadSegDataset(Dataset):
         self.drivable_ids = None if drivable_ids is None else list(drivable_ids)
         self.stats: Counter = Counter()
         self.samples: List[Tuple[Path, Path, Path]] = []
+        self.boxes: List[np.ndarray] = []
+        self.with_boxes = bool(boxes)
+        box_dir = self.root / "det_annotations" / split
+        if self.with_boxes and not box_dir.is_dir():
+            raise FileNotFoundError(f"box label folder {str(box_dir)!r} does not exist (YOLO txt per image)")
         for path in sorted(p for p in img_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             da = self._mask_path("da_seg_annotations", split, path.stem)
             ll = self._mask_path("ll_seg_annotations", split, path.stem)
@@ -229,6 +317,11 @@ class RoadSegDataset(Dataset):
                 continue
             self.stats["images"] += 1
             self.samples.append((path, da, ll))
+            if self.with_boxes:
+                rows = [[c, (x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0] for c, (x0, y0, x1, y1)
+                        in _read_yolo_file(box_dir / f"{path.stem}.txt", num_classes, self.stats)]
+                self.stats["boxes"] += len(rows)
+                self.boxes.append(np.asarray(rows, np.float32).reshape(-1, 5))
         if not self.samples:
             raise ValueError(f"no usable images under {str(img_dir)!r}: {dict(self.stats)}")
         _warn("road data", img_dir, self.stats)
@@ -249,8 +342,20 @@ class RoadSegDataset(Dataset):
         fg = np.isin(m, ids) if ids is not None else m > 0
         return torch.from_numpy(fg.astype(np.float32))
 
-    def __getitem__(self, i: int) -> Tuple[Tensor, Tensor, Tensor]:
+    def __getitem__(self, i: int):
         img, da, ll = self.samples[i]
         with Image.open(img) as im:
             arr = np.asarray(im.convert("RGB").resize(self.size[::-1], Image.BILINEAR), dtype=np.float32) / 255.0
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), self._mask(da, self.drivable_ids), self._mask(ll, None)
+        item = (torch.from_numpy(arr).permute(2, 0, 1).contiguous(), self._mask(da, self.drivable_ids),
+                self._mask(ll, None))
+        return item + (torch.from_numpy(self.boxes[i]).clone(),) if self.with_boxes else item
+
+
+def road_collate(batch):
+    """Road items with boxes -> ``(images, drivable, lane, {"batch_idx": (M,), "cls": (M,),
+    "bboxes": (M, 4) normalised cxcywh})`` (ultralytics' batch format for the box targets)."""
+    images, da, ll, boxes = zip(*batch)
+    idx = torch.cat([torch.full((len(b),), float(i)) for i, b in enumerate(boxes)])
+    allb = torch.cat(boxes) if boxes else torch.zeros(0, 5)
+    return (torch.stack(images), torch.stack(da), torch.stack(ll),
+            {"batch_idx": idx, "cls": allb[:, 0], "bboxes": allb[:, 1:5]})

@@ -8,7 +8,8 @@ pasted at random scales, positions and colours on cluttered backgrounds. Writes,
 
 ``make_roads``: synthetic road scenes with drivable-area and lane-line masks in the BDD100K layout
 used by YOLOP / A-YOLOM: ``images/{split}/*.jpg``, ``da_seg_annotations/{split}/*.png``,
-``ll_seg_annotations/{split}/*.png`` (0 = background, 255 = drivable / lane).
+``ll_seg_annotations/{split}/*.png`` (0 = background, 255 = drivable / lane), and the drawn vehicles
+as YOLO boxes (class 0 ``vehicle``) in ``det_annotations/{split}/*.txt`` (empty file: no vehicle).
 """
 import gzip
 import json
@@ -223,8 +224,10 @@ def make_scenes(
     return counts
 
 
-def _road_scene(rng: np.random.Generator, width: int, height: int) -> Tuple[Image.Image, np.ndarray, np.ndarray]:
-    """One road scene: image (RGB) plus drivable and lane masks (H, W) uint8 in {0, 255}."""
+def _road_scene(rng: np.random.Generator, width: int,
+                height: int) -> Tuple[Image.Image, np.ndarray, np.ndarray, List[List[float]]]:
+    """One road scene: image (RGB), drivable and lane masks (H, W) uint8 in {0, 255}, and the
+    vehicles' pixel boxes (xyxy, clipped to the image)."""
     horizon = int(height * rng.uniform(0.35, 0.5))
     sky = np.linspace(rng.uniform(120, 220), rng.uniform(180, 255), horizon)[:, None, None]
     img = np.zeros((height, width, 3), np.float32)
@@ -274,6 +277,7 @@ def _road_scene(rng: np.random.Generator, width: int, height: int) -> Tuple[Imag
             draw.line(seg, fill=colour, width=w)
             lane_draw.line(seg, fill=255, width=w)
     lanes = np.asarray(lane_img).copy()
+    vehicles: List[List[float]] = []
     for _ in range(int(rng.integers(0, 3))):  # vehicles occlude the road: not drivable, no lane
         row = int(rng.integers(horizon + 2, height))
         tt = (row - horizon) / max(height - 1 - horizon, 1)
@@ -284,10 +288,13 @@ def _road_scene(rng: np.random.Generator, width: int, height: int) -> Tuple[Imag
         draw.rectangle(box, fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
         drivable[box[1]: box[3] + 1, box[0]: box[2] + 1] = 0
         lanes[box[1]: box[3] + 1, box[0]: box[2] + 1] = 0
+        x0, y0, x1, y1 = max(box[0], 0), box[1], min(box[2] + 1, width), box[3] + 1  # inclusive pixels
+        if x1 > x0 + 1 and y1 > y0 + 1:
+            vehicles.append([float(x0), float(y0), float(x1), float(y1)])
     arr = np.asarray(image.filter(ImageFilter.GaussianBlur(0.6)), dtype=np.float32)
     arr *= rng.uniform(0.6, 1.2)  # lighting
     arr += rng.normal(0, 5, arr.shape)
-    return Image.fromarray(arr.clip(0, 255).astype(np.uint8)), drivable, lanes
+    return Image.fromarray(arr.clip(0, 255).astype(np.uint8)), drivable, lanes, vehicles
 
 
 def make_roads(
@@ -302,14 +309,17 @@ def make_roads(
     rng = np.random.default_rng(seed)
     counts = {}
     for split, n in (("train", n_train), ("val", n_val)):
-        dirs = [out / d / split for d in ("images", "da_seg_annotations", "ll_seg_annotations")]
+        dirs = [out / d / split for d in ("images", "da_seg_annotations", "ll_seg_annotations", "det_annotations")]
         for d in dirs:
             d.mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            img, da, ll = _road_scene(rng, width, height)
+            img, da, ll, boxes = _road_scene(rng, width, height)
             stem = f"{split}_{i:05d}"
             img.save(dirs[0] / f"{stem}.jpg", quality=92)
             Image.fromarray(da).save(dirs[1] / f"{stem}.png")
             Image.fromarray(ll).save(dirs[2] / f"{stem}.png")
+            (dirs[3] / f"{stem}.txt").write_text("".join(
+                f"0 {(x0 + x1) / 2 / width:.6f} {(y0 + y1) / 2 / height:.6f} {(x1 - x0) / width:.6f} "
+                f"{(y1 - y0) / height:.6f}\n" for x0, y0, x1, y1 in boxes))
         counts[split] = n
     return counts

@@ -3,7 +3,12 @@
 Model: LOLViT features at strides 8/16/32 -> FPN top-down neck to one stride-8 map -> two
 segmentation necks+heads (drivable, lane), each upsampling x8 back to full input resolution and
 producing one logit map. (B, 3, H, W) -> {"drivable": (B, H, W), "lane": (B, H, W)} logits.
-A detection branch is not part of this module.
+
+Optional detection branch (``nc > 0``, A-YOLOM / YOLOP style): ultralytics' anchor-free ``Detect``
+head on the neck's stride-8/16/32 maps, trained with ultralytics' ``v8DetectionLoss`` (task-aligned
+assignment, CIoU + DFL + BCE; gains box 7.5, cls 0.5, dfl 1.5, per image) and evaluated with NMS and
+COCO mAP (pycocotools). Output key ``"detect"``: in training the raw head dict, in eval the decoded
+``(B, 4 + nc, anchors)`` xywh-pixel / class-probability tensor. ultralytics is needed only then.
 
 Loss per task: focal (sigmoid, gamma=2, alpha=0.25) + Tversky (1 - TP / (TP + a FP + b FN));
 lane uses a=0.3, b=0.7 (false negatives of the thin class cost more), drivable a=b=0.5 (Dice).
@@ -21,6 +26,7 @@ import random
 import statistics
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -31,15 +37,19 @@ from torch import Tensor
 from ...models import MODEL_CONFIGS, create_lolvit
 from ...nn.blocks import ConvBNAct
 from .checkpoint import read_spec_checkpoint, save_spec_checkpoint
-from .datasets import RoadSegDataset
+from .coco import coco_bbox_stats
+from .datasets import RoadSegDataset, road_collate
 
 __all__ = [
     "LOLViTMultiTask", "SegHead", "focal_loss", "tversky_loss", "multitask_loss", "confusion_counts",
-    "seg_metrics", "train_multitask", "evaluate_multitask", "measure_fps", "save_multitask", "load_multitask",
+    "seg_metrics", "detection_loss", "coco_bbox_stats", "train_multitask", "evaluate_multitask", "measure_fps",
+    "save_multitask", "load_multitask",
 ]
 
 PathLike = Union[str, Path]
 TASKS = ("drivable", "lane")
+DET_STRIDES = (8.0, 16.0, 32.0)
+DET_GAINS = {"box": 7.5, "cls": 0.5, "dfl": 1.5}  # ultralytics' default loss gains
 
 
 class SegHead(nn.Module):
@@ -59,29 +69,71 @@ class SegHead(nn.Module):
 
 
 class LOLViTMultiTask(nn.Module):
-    """LOLViT backbone + FPN neck + drivable and lane heads (see module docstring)."""
+    """LOLViT backbone + FPN neck + drivable and lane heads, plus a ``Detect`` head for ``nc``
+    classes when ``nc > 0`` (see module docstring)."""
 
-    def __init__(self, variant: str = "lolvit_s", neck: int = 64):
+    def __init__(self, variant: str = "lolvit_s", neck: int = 64, nc: int = 0):
         super().__init__()
         if variant not in MODEL_CONFIGS:
             raise ValueError(f"unknown LOLViT variant {variant!r}; choose one of {sorted(MODEL_CONFIGS)}")
-        self.spec = {"variant": variant, "neck": neck}
+        if not isinstance(nc, int) or nc < 0:
+            raise ValueError(f"nc (detection classes, 0 = no detection branch) must be an int >= 0, got {nc!r}")
+        self.spec: Dict[str, Any] = {"variant": variant, "neck": neck}
         self.body = create_lolvit(variant, num_classes=0)
         self.body.prune_intermediate_layers([2, 3, 4], prune_head=True)
         chans = [self.body.feature_info[i]["num_chs"] for i in (2, 3, 4)]
         self.lateral = nn.ModuleList(ConvBNAct(c, neck, 1) for c in chans)
         self.smooth = nn.ModuleList(ConvBNAct(neck, neck, 3) for _ in range(2))
         self.heads = nn.ModuleDict({t: nn.Sequential(ConvBNAct(neck, neck, 3), SegHead(neck)) for t in TASKS})
+        self.nc = nc
+        if nc:
+            from ultralytics.nn.modules import Detect
 
-    def forward(self, x: Tensor) -> Dict[str, Tensor]:
+            self.spec["nc"] = nc
+            self.detect = Detect(nc=nc, ch=(neck, neck, neck))
+            self.detect.stride = torch.tensor(DET_STRIDES)
+            self.detect.bias_init()
+
+    def forward(self, x: Tensor) -> Dict[str, Any]:
         H, W = x.shape[-2:]
         if H % 8 or W % 8:
             raise ValueError(f"multi-task input sides must be multiples of 8, got {H}x{W}")
         p3, p4, p5 = self.body.forward_intermediates(x, indices=[2, 3, 4], intermediates_only=True)
-        y = self.lateral[2](p5)
-        y = self.smooth[0](self.lateral[1](p4) + F.interpolate(y, size=p4.shape[-2:], mode="nearest"))
-        y = self.smooth[1](self.lateral[0](p3) + F.interpolate(y, size=p3.shape[-2:], mode="nearest"))
-        return {t: head(y)[..., :H, :W] for t, head in self.heads.items()}
+        y5 = self.lateral[2](p5)
+        y4 = self.smooth[0](self.lateral[1](p4) + F.interpolate(y5, size=p4.shape[-2:], mode="nearest"))
+        y = self.smooth[1](self.lateral[0](p3) + F.interpolate(y4, size=p3.shape[-2:], mode="nearest"))
+        out: Dict[str, Any] = {t: head(y)[..., :H, :W] for t, head in self.heads.items()}
+        if self.nc:
+            det = self.detect([y, y4, y5])  # eval: (decoded, raw) tuple, or decoded alone in export mode
+            out["detect"] = det[0] if isinstance(det, tuple) else det
+        return out
+
+
+def detection_loss(model: LOLViTMultiTask, preds: Dict[str, Tensor], targets: Dict[str, Tensor]) -> Tensor:
+    """ultralytics' ``v8DetectionLoss`` on the raw ``Detect`` output and a ``road_collate`` target
+    dict; returns gain-weighted box + cls + dfl per image (a scalar)."""
+    crit = getattr(model, "_det_criterion", None)
+    if crit is None:
+        from ultralytics.utils.loss import v8DetectionLoss
+
+        shim = SimpleNamespace(parameters=model.detect.parameters, args=SimpleNamespace(**DET_GAINS),
+                               model=[model.detect])
+        crit = v8DetectionLoss(shim)
+        object.__setattr__(model, "_det_criterion", crit)
+    loss, _ = crit(preds, targets)
+    return loss.sum() / preds["boxes"].shape[0]
+
+
+def _road_ground_truth(data: RoadSegDataset, nc: int) -> Dict[str, Any]:
+    """The road loader's boxes as a COCO dict in input-size pixels (image ids = dataset indices)."""
+    H, W = data.size
+    images, anns = [], []
+    for i, rows in enumerate(data.boxes):
+        images.append({"id": i, "width": W, "height": H})
+        for c, cx, cy, bw, bh in rows.tolist():
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": int(c), "iscrowd": 0,
+                         "bbox": [(cx - bw / 2) * W, (cy - bh / 2) * H, bw * W, bh * H], "area": bw * W * bh * H})
+    return {"images": images, "annotations": anns, "categories": [{"id": k, "name": str(k)} for k in range(nc)]}
 
 
 def focal_loss(logits: Tensor, target: Tensor, gamma: float = 2.0, alpha: float = 0.25) -> Tensor:
@@ -163,22 +215,38 @@ def _summary(da: Dict[str, Dict[str, float]], ll: Dict[str, Dict[str, float]]) -
 @torch.no_grad()
 def evaluate_multitask(model: nn.Module, root: PathLike, split: str = "val", size: Tuple[int, int] = (192, 320),
                        batch: int = 8, threads: int = 2) -> Dict[str, Any]:
-    """Metrics on ``root`` (BDD100K layout) in the three labelled ways (module docstring)."""
+    """Metrics on ``root`` (BDD100K layout) in the three labelled ways (module docstring); with a
+    detection branch also ``"detection"``: COCO mAP50-95 / mAP50 / mAP75 of the NMS-ed boxes
+    (confidence > 0.001, IoU 0.7) against ``det_annotations``."""
     torch.set_num_threads(threads)
-    data = RoadSegDataset(root, split, size)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch)
+    nc = getattr(model, "nc", 0)
+    data = RoadSegDataset(root, split, size, boxes=bool(nc), num_classes=nc or None)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=road_collate if nc else None)
     model.eval()
     counts = {t: [] for t in TASKS}
     sizes: List[int] = []
-    for img, da, ll in loader:
+    dets: List[Dict[str, Any]] = []
+    if nc:
+        from ultralytics.utils.nms import non_max_suppression
+    for img, da, ll, *_ in loader:
         out = model(img)
         counts["drivable"].append(confusion_counts(out["drivable"], da))
         counts["lane"].append(confusion_counts(out["lane"], ll))
+        if nc:
+            for j, d in enumerate(non_max_suppression(out["detect"], conf_thres=0.001, iou_thres=0.7, max_det=100)):
+                for x0, y0, x1, y1, score, c in d.tolist():
+                    dets.append({"image_id": sum(sizes) + j, "category_id": int(c), "score": score,
+                                 "bbox": [x0, y0, x1 - x0, y1 - y0]})
         sizes.append(len(img))
     da_m = seg_metrics(torch.cat(counts["drivable"]), sizes)
     ll_m = seg_metrics(torch.cat(counts["lane"]), sizes)
-    return {"images": len(data), "batch": batch, "size": list(size), "metrics": _summary(da_m, ll_m),
-            "skipped": {k: v for k, v in data.stats.items() if k != "images"}}
+    report: Dict[str, Any] = {"images": len(data), "batch": batch, "size": list(size),
+                              "metrics": _summary(da_m, ll_m),
+                              "skipped": {k: v for k, v in data.stats.items() if k not in ("images", "boxes")}}
+    if nc:
+        report["detection"] = {**coco_bbox_stats(_road_ground_truth(data, nc), dets),
+                               "boxes": data.stats["boxes"], "detections": len(dets)}
+    return report
 
 
 @torch.no_grad()
@@ -213,18 +281,21 @@ def load_multitask(path: PathLike) -> LOLViTMultiTask:
 def train_multitask(root: PathLike, variant: str = "lolvit_s", size: Tuple[int, int] = (192, 320),
                     epochs: int = 10, batch: int = 8, lr: float = 2e-3, weight_decay: float = 0.01,
                     out: Optional[PathLike] = None, threads: int = 2, seed: int = 0, split: str = "train",
-                    val_split: Optional[str] = "val") -> Dict[str, Any]:
+                    val_split: Optional[str] = "val", nc: int = 0) -> Dict[str, Any]:
     """AdamW + cosine schedule + horizontal flips on ``root/.../{split}``; evaluates on
-    ``val_split`` when that split exists. Returns a report (losses, time, metrics)."""
+    ``val_split`` when that split exists. ``nc > 0`` adds the detection branch (boxes from
+    ``det_annotations``; its loss is added to the segmentation losses). Returns a report (losses,
+    time, metrics)."""
     if epochs < 1 or batch < 1:
         raise ValueError(f"epochs and batch must be >= 1, got {epochs}, {batch}")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     random.seed(seed)
-    data = RoadSegDataset(root, split, size)
+    data = RoadSegDataset(root, split, size, boxes=bool(nc), num_classes=nc or None)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=len(data) > batch,
-                                         generator=torch.Generator().manual_seed(seed))
-    model = LOLViTMultiTask(variant)
+                                         generator=torch.Generator().manual_seed(seed),
+                                         collate_fn=road_collate if nc else None)
+    model = LOLViTMultiTask(variant, nc=nc)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
@@ -232,12 +303,19 @@ def train_multitask(root: PathLike, variant: str = "lolvit_s", size: Tuple[int, 
     t0 = time.time()
     for _ in range(epochs):
         model.train()
-        sums = {"drivable": 0.0, "lane": 0.0, "total": 0.0}
+        sums = {"drivable": 0.0, "lane": 0.0, "total": 0.0, **({"detect": 0.0} if nc else {})}
         n = 0
-        for img, da, ll in loader:
+        for img, da, ll, *det in loader:
             if random.random() < 0.5:
                 img, da, ll = img.flip(-1), da.flip(-1), ll.flip(-1)
-            losses = multitask_loss(model(img), da, ll)
+                if det:
+                    det[0]["bboxes"] = det[0]["bboxes"].clone()
+                    det[0]["bboxes"][:, 0] = 1 - det[0]["bboxes"][:, 0]
+            pred = model(img)
+            losses = multitask_loss(pred, da, ll)
+            if det:
+                losses["detect"] = detection_loss(model, pred["detect"], det[0])
+                losses["total"] = losses["total"] + losses["detect"]
             if not torch.isfinite(losses["total"]):
                 raise ValueError(f"multi-task loss became {losses['total'].item()} (check masks / learning rate)")
             opt.zero_grad(set_to_none=True)

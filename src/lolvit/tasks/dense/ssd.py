@@ -21,6 +21,7 @@ from torch import Tensor
 from ...models import MODEL_CONFIGS, create_lolvit
 from ...nn.blocks import ConvBNAct
 from .checkpoint import read_spec_checkpoint, save_spec_checkpoint
+from .coco import coco_bbox_stats
 from .datasets import DetectionDataset, detection_collate
 
 __all__ = ["LOLViTSSDBackbone", "build_ssd", "train_ssd", "evaluate_ssd", "save_ssd", "load_ssd"]
@@ -106,21 +107,24 @@ def _flip(image: Tensor, target: Dict[str, Any]) -> None:
     target["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1) if len(b) else b
 
 
-def train_ssd(images: PathLike, labels: PathLike, num_classes: int, variant: str = "lolvit_s", size: int = 320,
-              epochs: int = 10, batch: int = 16, lr: float = 2e-3, weight_decay: float = 0.01,
+def train_ssd(images: PathLike, labels: PathLike, num_classes: Optional[int], variant: str = "lolvit_s",
+              size: int = 320, epochs: int = 10, batch: int = 16, lr: float = 2e-3, weight_decay: float = 0.01,
               out: Optional[PathLike] = None, val_images: Optional[PathLike] = None,
-              val_labels: Optional[PathLike] = None, threads: int = 2, seed: int = 0) -> Dict[str, Any]:
+              val_labels: Optional[PathLike] = None, threads: int = 2, seed: int = 0, fmt: str = "auto",
+              difficult: str = "skip") -> Dict[str, Any]:
     """Train with AdamW + cosine schedule + horizontal flips; multibox loss (smooth-L1 + CE with 3:1
-    hard negatives, torchvision's). Returns a report (losses, time, COCO metrics when val data given)."""
+    hard negatives, torchvision's). ``fmt``/``difficult`` as in :class:`DetectionDataset` (``"voc"``:
+    ``images`` is the VOC root, ``labels`` the split name); ``num_classes=None`` takes the loader's.
+    Returns a report (losses, time, COCO metrics when val data given)."""
     if epochs < 1 or batch < 1:
         raise ValueError(f"epochs and batch must be >= 1, got {epochs}, {batch}")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     random.seed(seed)
-    data = DetectionDataset(images, labels, num_classes=num_classes)
+    data = DetectionDataset(images, labels, num_classes=num_classes, fmt=fmt, difficult=difficult)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, collate_fn=detection_collate,
                                          generator=torch.Generator().manual_seed(seed))
-    model = build_ssd(num_classes, variant, size)
+    model = build_ssd(data.num_classes if num_classes is None else num_classes, variant, size)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
@@ -147,21 +151,21 @@ def train_ssd(images: PathLike, labels: PathLike, num_classes: int, variant: str
                               "skipped": {k: v for k, v in data.stats.items() if k not in ("images", "boxes")},
                               "loss": history, "train_s": round(time.time() - t0, 1)}
     if val_images is not None and val_labels is not None:
-        report["val"] = evaluate_ssd(model, val_images, val_labels, batch=batch, threads=threads)
+        report["val"] = evaluate_ssd(model, val_images, val_labels, batch=batch, threads=threads, fmt=fmt,
+                                     difficult=difficult)
     if out is not None:
         report["checkpoint"] = str(save_ssd(model, out, data.class_names, {"train": report}))
     return report
 
 
 @torch.no_grad()
-def evaluate_ssd(model: nn.Module, images: PathLike, labels: PathLike, batch: int = 16,
-                 threads: int = 2) -> Dict[str, float]:
-    """COCO bbox metrics with pycocotools: mAP50-95, mAP50, mAP75 and images/s of the whole model."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
+def evaluate_ssd(model: nn.Module, images: PathLike, labels: PathLike, batch: int = 16, threads: int = 2,
+                 fmt: str = "auto", difficult: str = "skip") -> Dict[str, float]:
+    """COCO bbox metrics with pycocotools: mAP50-95, mAP50, mAP75 and images/s of the whole model.
+    ``fmt``/``difficult`` as in :class:`DetectionDataset`."""
     torch.set_num_threads(threads)
-    data = DetectionDataset(images, labels, num_classes=model.lolvit_spec["num_classes"])
+    data = DetectionDataset(images, labels, num_classes=model.lolvit_spec["num_classes"], fmt=fmt,
+                            difficult=difficult)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=detection_collate)
     model.eval()
     dets: List[Dict[str, Any]] = []
@@ -172,16 +176,5 @@ def evaluate_ssd(model: nn.Module, images: PathLike, labels: PathLike, batch: in
                 dets.append({"image_id": tgt["image_id"], "category_id": data.category_ids[label - 1],
                              "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]], "score": score})
     seconds = time.time() - t0
-    gt = COCO()
-    gt.dataset = data.coco_ground_truth()
-    gt.createIndex()
-    if not dets or not gt.dataset["annotations"]:
-        stats = [0.0] * 12
-    else:
-        ev = COCOeval(gt, gt.loadRes(dets), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-        stats = [max(float(s), 0.0) for s in ev.stats]
-    return {"map50_95": stats[0], "map50": stats[1], "map75": stats[2], "images": len(data),
-            "detections": len(dets), "images_per_s": round(len(data) / max(seconds, 1e-9), 2)}
+    return {**coco_bbox_stats(data.coco_ground_truth(), dets), "images": len(data), "detections": len(dets),
+            "images_per_s": round(len(data) / max(seconds, 1e-9), 2)}
