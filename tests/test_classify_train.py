@@ -84,3 +84,10 @@ def test_image_folder_with_corrupt_file_trains_and_counts_it(tmp_path):
     res = train(cfg(tmp_path, "folder", data=str(tmp_path / "ds"), epochs=1, train_subset=None, val_subset=None,
                     batch_size=4))
     assert res["skipped_images"] == 1 and res["train_images"] == 9 and res["val_images"] == 8
+
+
+def test_tensorboard_scalars_written(tmp_path):
+    pytest.importorskip("tensorboard")
+    train(cfg(tmp_path, "tb", epochs=1, tensorboard=True))
+    events = list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
