@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .functional import _activate, check_activation, column_sums, window_fold
+from .functional import apply_activation, check_activation, column_sums, window_fold
 
 
 SCORE_CHUNK = 1 << 21  # FWA inference: max elements of one chunk of attention weights (8 MiB fp32)
@@ -139,7 +139,7 @@ class FastWindowAttention(nn.Module):
         """Eq. 3 numerators, in place on fresh scores (the 1/((DP+eps) n) factor sits on V)."""
         if homogeneous:
             return torch.relu_(scores) if self.activation == "relu" else F.leaky_relu_(scores, 0.01)
-        return _activate(scores.mul_(self.scale), self.activation)
+        return apply_activation(scores.mul_(self.scale), self.activation)
 
     @torch.jit.unused
     def _attend_autocast_off(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -148,6 +148,12 @@ class FastWindowAttention(nn.Module):
                 return self.attend_tokens(q, k, v)
         return self.attend_tokens(q, k, v)
 
+    def mix(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Attention weights applied to values: (B, N, dim), (B, h, n, D) x2 -> (B, N, dim)."""
+        if torch.jit.is_scripting():
+            return self.attend_tokens(q, k, v)
+        return self._attend_autocast_off(q, k, v)
+
     def forward(
         self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
     ) -> Tuple[Tensor, Optional[Tensor]]:
@@ -155,11 +161,8 @@ class FastWindowAttention(nn.Module):
         if cache is None:
             cache = self.keys(x, H, W)
         k, v = self.kv(cache).chunk(2, dim=-1)
-        # the query (B, N, dim), heads along features, is held by attend_tokens only: freed before proj
-        if torch.jit.is_scripting():
-            o = self.attend_tokens(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), k, v)
-        else:
-            o = self._attend_autocast_off(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), k, v)
+        # the query (B, N, dim) is passed inline so that only mix holds it: freed before proj
+        o = self.mix(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), k, v)
         return self.proj(o.to(x.dtype)), cache  # under autocast proj casts o itself
 
     def extra_repr(self) -> str:
@@ -179,18 +182,10 @@ class FastWindowAttentionSoftmax(FastWindowAttention):
         del self.dp
         self.activation = "softmax"
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype))
-
-    def forward(
-        self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None
-    ) -> Tuple[Tensor, Optional[Tensor]]:
-        d = self.dim
-        q = _to_heads(F.linear(x, self.qt.weight[:d], self.qt.bias[:d]), self.heads)
-        if cache is None:
-            cache = self.keys(x, H, W)
-        k, v = self.kv(cache).chunk(2, dim=-1)
-        return self.proj(_from_heads(self.attend(q, k, v))), cache
+    def mix(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """softmax(q k^T / sqrt(D)) v per head via SDPA: (B, N, dim), (B, h, n, D) x2 -> (B, N, dim)."""
+        q = _to_heads(q, self.heads)
+        return _from_heads(F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype)))
 
 
 class MultiHeadSelfAttention(nn.Module):

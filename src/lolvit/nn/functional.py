@@ -67,7 +67,8 @@ def fawa(tokens: Tensor, height: int, width: int, window: int = 1, fold: int = 1
     return window_fold(column_sums(tokens, height, width), window, fold)
 
 
-def _activate(x: Tensor, activation: str) -> Tensor:
+def apply_activation(x: Tensor, activation: str) -> Tensor:
+    """One of ``ACTIVATIONS`` by name (the DReLu numerator of Eq. 3), shape-preserving."""
     if activation == "relu":
         return F.relu(x)
     if activation == "leaky_relu":
@@ -86,7 +87,7 @@ def drelu(scores: Tensor, dp: Tensor, eps: float = 1e-6, activation: str = "relu
     ``dp`` is the learnable scalar DP (a tensor, so gradients reach it).
     """
     n = scores.shape[-1]
-    weights = _activate(scores.float(), activation)
+    weights = apply_activation(scores.float(), activation)
     return weights / ((dp.float() + eps) * n)
 
 
