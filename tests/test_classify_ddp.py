@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import lolvit
+from lolvit.tasks.classify.train import read_train_state
 
 SRC = str(Path(lolvit.__file__).resolve().parents[1])
 
@@ -19,7 +20,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert p.stdout.count("epoch 1/1:") == 1, p.stdout  # rank 0 logs alone
-    state = json.loads((out / "state.json").read_text())
+    _, state = read_train_state(out)
     assert state["epoch"] == 1 and (out / "last.safetensors").is_file()
     row = state["history"][0]
     # every val image counted once across the two ranks (21 = 11 + 10): accuracy is a multiple of 1/21

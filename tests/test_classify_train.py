@@ -7,6 +7,7 @@ from safetensors.torch import load_file
 
 from lolvit.io import load_checkpoint
 from lolvit.tasks.classify import TrainConfig, train
+from lolvit.tasks.classify.train import read_train_state
 
 TINY = dict(model="lolvit_s", data="digits", img_size=32, batch_size=16, train_subset=48, val_subset=40,
             epochs=2, threads=1, progress=False, tensorboard=False, warmup_epochs=0.5)
@@ -19,16 +20,16 @@ def cfg(tmp_path, name, **kw):
 def test_one_epoch_writes_checkpoint_logs_and_curves(tmp_path):
     res = train(cfg(tmp_path, "run", epochs=1, plot=True, ema=0.9))
     out = tmp_path / "run"
-    for f in ("last.safetensors", "last.json", "best.safetensors", "state.json", "state.safetensors",
-              "results.csv", "curves.png", "config.json"):
+    for f in ("last.safetensors", "last.json", "best.safetensors", "state.safetensors",
+              "results.csv", "curves.png", "recipe.yaml"):
         assert (out / f).is_file(), f
     assert res["epoch"] == 1 and 0.0 <= res["val_top1"] <= 100.0 and "ema_val_top1" in res
     model = load_checkpoint(out / "last")
     assert model.class_names == [str(i) for i in range(10)]
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
-    state = json.loads((out / "state.json").read_text())
+    tensors, state = read_train_state(out)
     assert state["epoch"] == 1 and state["config"]["model"] == "lolvit_s"
-    assert any(k.startswith("ema.") for k in load_file(str(out / "state.safetensors")))
+    assert any(k.startswith("ema.") for k in tensors)
 
 
 def _interrupt_at(step):
@@ -54,7 +55,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, opt, stop_step):
 
 
 def test_bad_inputs_fail_clearly_and_keep_saved_runs(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint to resume"):
+    with pytest.raises(FileNotFoundError, match="no training state to resume"):
         train(cfg(tmp_path, "none", resume=True))
     with pytest.raises(ValueError, match="unknown model"):
         train(cfg(tmp_path, "x", model="not_a_model"))

@@ -55,4 +55,4 @@ def test_ablation_writes_markdown_tables(tmp_path):
     assert md == res["13"] and md.count("| 243-124-111") == 2 and "latency (ms)" in md
     with pytest.raises(ValueError, match="unknown ablation table"):
         run_ablation(["99"], base, str(tmp_path))
-    assert set(GRIDS) == {"9", "10", "12", "13", "14", "24"}
+    assert set(GRIDS) == {"9", "10", "11", "12", "13", "14", "24", "attention"}

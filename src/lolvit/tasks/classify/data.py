@@ -88,7 +88,8 @@ class ImageFolderDataset(Dataset):
         try:
             with Image.open(path) as f:
                 img = f.convert("RGB")
-        except (OSError, ValueError, SyntaxError):
+        except (OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError):
+            # ImportError: an optional Pillow plugin hook (ultralytics' HEIF patch) failed
             self.skipped += 1
             return None
         if self.transform is not None:
@@ -110,7 +111,7 @@ class SeededTransform:
         s = (self.seed * 1_000_003 + self.epoch * 100_003 + i) % (2**31)
         py_state, torch_state = random.getstate(), torch.get_rng_state()
         random.seed(s)
-        torch.manual_seed(s)
+        torch.default_generator.manual_seed(s)  # CPU generator only: torch.manual_seed also seeds CUDA (~0.2 ms)
         try:
             return self.dataset[i]
         finally:
@@ -178,9 +179,14 @@ def _idx_file(folder: Path, name: str) -> Optional[Path]:
     return None
 
 
-def _fashion_mnist(split: str, root: Optional[str]) -> ArrayDataset:
+def _fashion_mnist(split: str, root: Optional[str], download: bool = False) -> ArrayDataset:
     folder = find_fashion_mnist(root)
     if folder is None:
+        if not download:
+            raise FileNotFoundError(
+                "Fashion-MNIST not found: install the Debian package (apt-get install dataset-fashion-mnist, "
+                f"files in {DEBIAN_FASHION_MNIST}), put the four *-ubyte[.gz] files in --data-root, or pass "
+                "--download to let torchvision fetch them")
         return _fashion_mnist_torchvision(split, root)
     img_name, lbl_name = FASHION_MNIST_FILES[split]
     images = _read_idx(_idx_file(folder, img_name))
@@ -195,25 +201,23 @@ def _fashion_mnist_torchvision(split: str, root: Optional[str]) -> ArrayDataset:
     try:
         ds = FashionMNIST(root, train=split == "train", download=True)
     except Exception as e:  # any network/IO failure of the downloader
-        raise FileNotFoundError(
-            "Fashion-MNIST not found: install the Debian package (apt-get install dataset-fashion-mnist, "
-            f"files in {DEBIAN_FASHION_MNIST}), or put the four *-ubyte[.gz] files in --data-root; "
-            f"torchvision's download failed too ({type(e).__name__}: {e})"
-        ) from None
+        raise FileNotFoundError(f"Fashion-MNIST download failed ({type(e).__name__}: {e})") from None
     return ArrayDataset(ds.data.numpy(), ds.targets.tolist(), FASHION_MNIST_CLASSES)
 
 
 def build_dataset(
     data: str, split: str, transform: Optional[Callable] = None, img_size: int = 64,
-    data_root: Optional[str] = None, classes: Optional[List[str]] = None,
+    data_root: Optional[str] = None, classes: Optional[List[str]] = None, download: bool = False,
 ) -> Dataset:
-    """``data`` is ``digits``, ``fashion-mnist`` or a folder with ``train/`` and ``val/`` class folders."""
+    """``data`` is ``digits``, ``fashion-mnist`` or a folder with ``train/`` and ``val/`` class folders.
+
+    Nothing is downloaded unless ``download`` (Fashion-MNIST through torchvision)."""
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if data == "digits":
         ds = _digits(split, img_size)
     elif data == "fashion-mnist":
-        ds = _fashion_mnist(split, data_root)
+        ds = _fashion_mnist(split, data_root, download)
     else:
         root = Path(data)
         if not root.is_dir():
@@ -225,6 +229,45 @@ def build_dataset(
         raise ValueError(f"dataset {data!r} split {split!r} is empty")
     ds.transform = transform
     return ds
+
+
+def build_transforms(cfg) -> Tuple[Callable, Callable]:
+    """(train, val) transforms of a :class:`~.train.TrainConfig`: PIL image -> normalised tensor.
+
+    ``train_crop="rrc"``: timm's ImageNet pipeline (random-resized crops of ``crop_scale``, flips,
+    RandAugment, random erasing). ``train_crop="pad"``: resize the short side and centre-crop to
+    ``img_size`` as in evaluation, then a random ``img_size`` crop of the image zero-padded by
+    ``crop_padding`` pixels (shifts), flips, RandAugment, random erasing: for small, centred images
+    such as Fashion-MNIST. Evaluation: timm's resize + centre crop with ``val_crop_pct``."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform, rand_augment_transform
+    from timm.data.random_erasing import RandomErasing
+    from timm.data.transforms import str_to_pil_interp
+    from torchvision import transforms as T
+
+    size = cfg.img_size
+    mean = tuple(cfg.mean or IMAGENET_DEFAULT_MEAN)
+    std = tuple(cfg.std or IMAGENET_DEFAULT_STD)
+    val_tf = create_transform(size, is_training=False, crop_pct=cfg.val_crop_pct, interpolation=cfg.interpolation,
+                              mean=mean, std=std)
+    if cfg.train_crop == "rrc":
+        train_tf = create_transform(
+            size, is_training=True, scale=tuple(cfg.crop_scale), hflip=cfg.hflip, vflip=0.0, color_jitter=None,
+            auto_augment=cfg.randaug, interpolation=cfg.interpolation, re_prob=cfg.re_prob, mean=mean, std=std,
+        )
+        return train_tf, val_tf
+    interp = str_to_pil_interp(cfg.interpolation)
+    steps: List[Callable] = [T.Resize(size, interpolation=interp), T.CenterCrop(size),
+                             T.RandomCrop(size, padding=cfg.crop_padding)]
+    if cfg.hflip > 0:
+        steps.append(T.RandomHorizontalFlip(cfg.hflip))
+    if cfg.randaug:
+        img_mean = tuple(min(255, round(255 * m)) for m in mean)
+        steps.append(rand_augment_transform(cfg.randaug, dict(translate_const=int(size * 0.45), img_mean=img_mean,
+                                                                interpolation=interp)))
+    steps += [T.ToTensor(), T.Normalize(mean, std)]
+    if cfg.re_prob > 0:
+        steps.append(RandomErasing(cfg.re_prob, mode="const", device="cpu"))
+    return T.Compose(steps), val_tf
 
 
 def subset_indices(targets: Sequence[int], n: Optional[int], seed: int = 0) -> List[int]:

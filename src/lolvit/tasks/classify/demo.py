@@ -15,12 +15,9 @@ TARGET_TOP1 = 95.0
 
 
 def demo_config(out: Path, quick: bool, threads: int, seed: int, progress: bool) -> TrainConfig:
-    """The fixed demo recipe: AdamW, cosine with one warm-up epoch, mild crops, no flips (digits)."""
-    cfg = TrainConfig(
-        model="lolvit_s", data="digits", out=str(out / "train"), epochs=6, batch_size=64, img_size=64,
-        opt="adamw", lr=2e-3, warmup_epochs=1.0, crop_scale=(0.6, 1.0), hflip=0.0, label_smoothing=0.1,
-        seed=seed, threads=threads, exist_ok=True, progress=progress, tensorboard=False,
-    )
+    """The shipped ``digits`` recipe (AdamW, cosine with one warm-up epoch, mild crops, no flips)."""
+    cfg = TrainConfig.from_recipe("digits", model="lolvit_s", out=str(out / "train"), seed=seed, threads=threads,
+                                  exist_ok=True, progress=progress, tensorboard=False)
     if quick:
         cfg.epochs, cfg.train_subset, cfg.val_subset = 1, 128, 64
     return cfg

@@ -76,3 +76,31 @@ def plot_demo(history: List[Dict[str, Any]], latency: Dict[int, Dict[str, float]
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_compare(histories: Dict[str, List[List[Dict[str, Any]]]], path, title: str = "") -> Path:
+    """Learning curves of several models in one figure: train loss and val top-1 per epoch,
+    the mean over seeds as a line and the seeds' range shaded. ``histories``: label -> runs."""
+    plt = _plt()
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, runs in histories.items():
+        n = min(len(h) for h in runs)
+        ep = [int(runs[0][i]["epoch"]) for i in range(n)]
+        for ax, key in ((a, "train_loss"), (b, "val_top1")):
+            vals = [[float(h[i][key]) for h in runs] for i in range(n)]
+            mean = [sum(v) / len(v) for v in vals]
+            line, = ax.plot(ep, mean, "-", label=label)
+            if len(runs) > 1:
+                ax.fill_between(ep, [min(v) for v in vals], [max(v) for v in vals], color=line.get_color(), alpha=0.2)
+    a.set_xlabel("epoch"), a.set_ylabel("train loss"), a.grid(alpha=0.3)
+    b.set_xlabel("epoch"), b.set_ylabel("val top-1 (%)"), b.grid(alpha=0.3), b.legend(fontsize=8)
+    tops = [float(h[-1]["val_top1"]) for runs in histories.values() for h in runs]
+    if tops:
+        b.set_ylim(max(0.0, min(tops) - 8), min(100.0, max(tops) + 2))
+    fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
