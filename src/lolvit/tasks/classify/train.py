@@ -392,6 +392,11 @@ class Trainer:
         self.partial: Dict[str, Any] = {}
         if saved is not None:
             self._resume(*saved)
+            if self.main:
+                self._repair_outputs()
+            if self.epoch >= cfg.epochs:
+                raise ValueError(f"the run in {self.out} already finished {self.epoch} of {saved[1]['epochs']} epochs; "
+                                 f"pass --epochs N with N > {self.epoch} to train it further")
         self.net = self.model
         if self.world > 1:
             self.net = nn.parallel.DistributedDataParallel(
@@ -437,15 +442,12 @@ class Trainer:
 
     def _check_resumable(self, state: Dict[str, Any]) -> None:
         old, new = dict(state["config"]), self.cfg.recipe_dict()
-        old_epochs = old.pop("epochs", None)
+        old.pop("epochs", None)
         new.pop("epochs")
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
             raise ValueError("--resume with a different recipe: " + ", ".join(
                 f"{k}: saved {old.get(k)!r} vs now {new.get(k)!r}" for k in diff))
-        if state["epoch"] >= self.cfg.epochs:
-            raise ValueError(f"the run in {self.out} already finished {state['epoch']} of {old_epochs} epochs; "
-                             f"pass --epochs N with N > {state['epoch']} to train it further")
 
     def _resume(self, tensors: Dict[str, torch.Tensor], state: Dict[str, Any]) -> None:
         model_sd = {k[6:]: v.to(self.device) for k, v in tensors.items() if k.startswith("model.")}
@@ -463,6 +465,22 @@ class Trainer:
         self.skipped = state["skipped"]
         self.partial = state.get("partial", {})
         _set_rng_state(tensors, state["rng"])
+
+    def _repair_outputs(self) -> None:
+        """After a kill between the state file and the files written after it: bring ``last`` and
+        ``results.csv`` up to the saved state (the state file is the single source of truth), and
+        remove temporary files that interrupted writes left behind."""
+        for name in RUN_FILES:
+            for tmp in self.out.glob(f".{name}.*.tmp"):
+                tmp.unlink()
+        try:
+            last = read_config(self.out / "last").get("extra", {})
+        except (FileNotFoundError, ValueError):
+            last = {}
+        if (last.get("epoch"), last.get("step_in_epoch")) != (self.epoch, self.step_in_epoch):
+            save_checkpoint(self.model, self.out / "last", self.classes, self.extra())
+        if self.history:
+            RunLogger(self.out, tensorboard=False).log(self.history)
 
     # ----------------------------------------------------------------- checkpointing
     def extra(self, **more: Any) -> Dict[str, Any]:
@@ -690,8 +708,9 @@ def clear_run_dir(out: Path) -> None:
             shutil.rmtree(p)
         elif p.exists():
             p.unlink()
-    for p in Path(out).glob(".*.tmp"):
-        p.unlink()
+    for name in RUN_FILES:
+        for tmp in Path(out).glob(f".{name}.*.tmp"):
+            tmp.unlink()
 
 
 def _check_writable(out: Path) -> None:
