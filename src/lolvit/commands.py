@@ -13,6 +13,15 @@ def positive_int(text: str) -> int:
     return value
 
 
+def image_size(text: str):
+    """argparse type: ``S`` (square) or ``HxW``, positive integers."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"must be S or HxW, got {text!r}")
+    sizes = tuple(positive_int(p) for p in parts)
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
 def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("info", help="per-module parameters and FLOPs (paper Tables 16/17)")
     p.add_argument("model", help="model name, e.g. lolvit_s, lolvit_x")
@@ -26,8 +35,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--checkpoint", required=True, help="checkpoint path (.safetensors with its .json)")
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--topk", type=positive_int, default=5)
-    p.add_argument("--img-size", type=positive_int, nargs="+", default=None, metavar="SIZE",
-                   help="input size S or H W (default: the checkpoint's)")
+    p.add_argument("--img-size", type=image_size, default=None, metavar="SIZE",
+                   help="input size S or HxW (default: the checkpoint's)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.set_defaults(func=_predict)
 
@@ -61,12 +70,8 @@ def _predict(args: argparse.Namespace) -> int:
     from lolvit.io import load_checkpoint
     from lolvit.tasks.predict import predict_images
 
-    size = args.img_size
-    if size is not None and len(size) not in (1, 2):
-        raise ValueError(f"--img-size takes S or H W, got {len(size)} values")
     model = load_checkpoint(args.checkpoint)
-    size = None if size is None else (size[0] if len(size) == 1 else tuple(size))
-    for result in predict_images(model, args.images, args.topk, img_size=size, batch_size=args.batch_size):
+    for result in predict_images(model, args.images, args.topk, img_size=args.img_size, batch_size=args.batch_size):
         print(result["path"])
         for label, prob in result["topk"]:
             print(f"  {prob:7.2%}  {label}")
