@@ -57,7 +57,7 @@ def _info(args: argparse.Namespace) -> int:
     from lolvit.models import LOLViT
     from lolvit.tasks.summary import format_table
 
-    model = build_model(args.model, {"num_classes": args.num_classes}, "lolvit info")
+    model = build_model(args.model, {"num_classes": args.num_classes}, "model")
     if not isinstance(model, LOLViT):
         raise ValueError(f"lolvit info describes LOLViT models (lolvit_s, lolvit_x), not {args.model!r}")
     c = model.config

@@ -1,4 +1,5 @@
 """Evaluation: top-1/top-5, per-class accuracy, confusion matrix, and ``lolvit val`` on a checkpoint."""
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,8 @@ def validate(checkpoint: str, data: str, out: Optional[str] = None, img_size: Op
                              ("--img-size", img_size, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    if out:
+        _check_out(Path(out))
     if threads:
         torch.set_num_threads(threads)
     model = load_checkpoint(checkpoint)
@@ -121,10 +124,21 @@ def validate(checkpoint: str, data: str, out: Optional[str] = None, img_size: Op
               "confidences": res.confidences}
     if out:
         o = Path(out)
-        o.mkdir(parents=True, exist_ok=True)
         plot_confusion(res.confusion, classes, o / "confusion.png")
         atomic_write_bytes(o / "val.md", format_report(report).encode())
     return report
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an output folder that cannot be written before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create --out {out}: {e.strerror or e}") from None
+    if not os.access(out, os.W_OK):
+        raise ValueError(f"cannot write --out {out}: permission denied")
 
 
 def format_report(r: Dict[str, Any]) -> str:
