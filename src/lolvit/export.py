@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 EXPORT_MIN_SIZE = 64  # smallest dynamic H/W: a 1-pixel /32 map would be specialised as a constant by torch.export
+EXAMPLE_MIN_SIZE = 224  # smallest example H/W traced for a dynamic export
 
 
 def check_writable(path: Union[str, Path]) -> Path:
@@ -88,14 +89,16 @@ def export_onnx(
     if h < 1 or w < 1:
         raise ValueError(f"input size must be positive, got {(h, w)}")
     data_config["input_size"] = [in_chans, h, w]
-    # batch 2 as the example: a batch of 1 would be specialised as a constant
-    example = torch.randn(2, in_chans, h, w)
     axes = {0: "batch"}
     dims = {0: torch.export.Dim("batch", min=1, max=4096)}
     if dynamic and min(h, w) >= EXPORT_MIN_SIZE:
         dims[2] = torch.export.Dim("height", min=EXPORT_MIN_SIZE, max=max_size)
         dims[3] = torch.export.Dim("width", min=EXPORT_MIN_SIZE, max=max_size)
         axes.update({2: "height", 3: "width"})
+        # a small example (2x2 last map) makes torch.export specialise the width; trace at >= 224
+        h, w = max(h, EXAMPLE_MIN_SIZE), max(w, EXAMPLE_MIN_SIZE)
+    # batch 2 as the example: a batch of 1 would be specialised as a constant
+    example = torch.randn(2, in_chans, h, w)
     with torch.no_grad():
         # shape checks of the fold/window reshapes become runtime asserts instead of guards
         program = torch.export.export(
