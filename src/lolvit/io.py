@@ -218,10 +218,10 @@ def read_config(path: PathLike) -> Dict[str, Any]:
         if value is None and key != "model":
             continue
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise TypeError(f"{config}: field {key!r} must be a {kind.__name__}, not {type(value).__name__}")
+            raise ValueError(f"{config}: field {key!r} must be a {kind.__name__}, not {type(value).__name__}")
     names = meta.get("class_names")
     if names is not None and not all(isinstance(n, str) for n in names):
-        raise TypeError(f"{config}: field 'class_names' must be a list of strings")
+        raise ValueError(f"{config}: field 'class_names' must be a list of strings")
     if not isinstance(meta.get("version", 1), int) or meta.get("version", 1) > VERSION:
         raise ValueError(f"{config}: version {meta.get('version')} is newer than this lolvit reads ({VERSION})")
     meta.setdefault("model_kwargs", {})
