@@ -191,6 +191,9 @@ def test_class_names_must_match_the_classifier(tmp_path):
     with pytest.raises(ValueError, match="class_names has 2 names but the model has 3 classes"):
         save_checkpoint(model, tmp_path / "a", class_names=["x", "y"])
     assert not list(tmp_path.iterdir())
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        save_checkpoint(model, tmp_path / "a", extra={"t": torch.zeros(1)})
+    assert not list(tmp_path.iterdir())
     save_checkpoint(model, tmp_path / "a", class_names=["x", "y", "z"])
     meta = json.loads((tmp_path / "a.json").read_text())
     meta["class_names"] = ["x", "y"]

@@ -150,9 +150,13 @@ def save_checkpoint(
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {"format": FORMAT, "version": str(VERSION), "spec": json.dumps(spec, sort_keys=True),
             "sha256": tensor_checksum(state)}
+    try:  # serialised first: an unserialisable ``extra`` must not leave new weights with an old JSON
+        text = json.dumps({"format": FORMAT, "version": VERSION, **spec, "class_names": class_names,
+                           "data_config": dc, "extra": extra or {}}, indent=2, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"checkpoint extra must be JSON-serialisable: {e}") from None
     atomic_write_bytes(weights, save(state, metadata=meta))
-    atomic_write_json(config, {"format": FORMAT, "version": VERSION, **spec,
-                               "class_names": class_names, "data_config": dc, "extra": extra or {}})
+    atomic_write_bytes(config, text.encode())
     return weights
 
 
