@@ -145,3 +145,15 @@ def test_bad_construction():
         build_attention("mhsa", 16.0, heads=2)
     with pytest.raises(ValueError, match="perfect square"):
         build_attention("agent", 16, heads=2, agents=10)
+
+
+@pytest.mark.parametrize("name", ["fwa", "fwa_softmax", "mhsa", "agent", "ssa"])
+def test_zero_dim_is_a_clear_error(name):
+    with pytest.raises(ValueError, match="dim must be >= 1"):
+        build_attention(name, 0, heads=1)
+
+
+@pytest.mark.parametrize("dp_init", [0.0, -1e-6, -1.0])
+def test_fwa_rejects_non_positive_dp_init(dp_init):
+    with pytest.raises(ValueError, match="dp_init"):
+        build_attention("fwa", 16, heads=2, dp_init=dp_init)

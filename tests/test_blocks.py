@@ -86,3 +86,17 @@ def test_block_bad_args():
         LOLViTBlock(32, 48, depth=0)
     with pytest.raises(ValueError, match="stride"):
         GhostNetBlock(16, 16, 3)
+
+
+@pytest.mark.parametrize("ratio", [0, -2.0, 0.01])
+def test_transformer_layer_rejects_empty_mlp(ratio):
+    from lolvit.nn import TransformerLayer
+
+    with pytest.raises(ValueError, match="mlp_ratio"):
+        TransformerLayer(16, "fwa", 2, mlp_ratio=ratio)
+
+
+def test_lolvit_block_empty_batch():
+    block = LOLViTBlock(16, 24, depth=2, heads=2, fold=2).eval()
+    with torch.no_grad():
+        assert block(torch.zeros(0, 16, 5, 7)).shape == (0, 16, 5, 7)

@@ -24,6 +24,8 @@ SCORE_CHUNK = 1 << 21  # FWA inference: max elements of one chunk of attention w
 def _check_heads(dim: int, heads: int) -> int:
     if not isinstance(dim, int) or not isinstance(heads, int):
         raise TypeError(f"dim and heads must be int, got dim={dim!r}, heads={heads!r}")
+    if dim < 1:
+        raise ValueError(f"the attention dim must be >= 1, got dim={dim}")
     if heads < 1 or dim % heads:
         raise ValueError(f"heads={heads} must be >= 1 and divide the attention dim {dim}")
     return dim // heads
@@ -48,6 +50,16 @@ def _block_diagonal(k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
     kbd = (k.transpose(-2, -1).unsqueeze(3) * mask).reshape(B, h * D, h * n)
     vbd = (v.unsqueeze(3) * mask).reshape(B, h * n, h * D)
     return kbd, vbd
+
+
+def _capturing() -> bool:
+    """True while a graph is being captured: torch.jit.trace, torch.compile/export, torch.fx."""
+    if torch.jit.is_scripting():
+        return False
+    return (
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    )
 
 
 class FastWindowAttention(nn.Module):
@@ -77,6 +89,9 @@ class FastWindowAttention(nn.Module):
         self.head_dim = _check_heads(dim, heads)
         if fold < 1 or window < 1:
             raise ValueError(f"fold and window must be >= 1, got fold={fold}, window={window}")
+        if not float(dp_init) > 0 or not float(eps) >= 0:
+            # the Eq. 3 divisor (DP + eps) * n must start positive: DP <= -eps gives inf/NaN weights
+            raise ValueError(f"dp_init must be > 0 and eps >= 0, got dp_init={dp_init}, eps={eps}")
         self.dim = dim
         self.heads = heads
         self.fold = fold
@@ -120,12 +135,12 @@ class FastWindowAttention(nn.Module):
         homogeneous = self.activation == "relu" or self.activation == "leaky_relu"
         # relu/leaky_relu are positively homogeneous: the Eq. 3 scale moves onto V
         c = (self.scale if homogeneous else 1.0) / ((self.dp.float() + self.eps) * n)
-        capture = False
-        if not torch.jit.is_scripting():
+        if torch.is_grad_enabled() or _capturing():
             # traced/exported graphs must not bake in a loop over (or guards on) the example batch
-            capture = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            kbd, vbd = _block_diagonal(k, v * c)
+            return torch.bmm(self._weights(torch.bmm(q, kbd), homogeneous), vbd)
         step = max(1, self.score_chunk // max(1, N * h * n))
-        if torch.is_grad_enabled() or capture or step >= B:
+        if step >= B:
             kbd, vbd = _block_diagonal(k, v * c)
             return torch.bmm(self._weights(torch.bmm(q, kbd), homogeneous), vbd)
         out = torch.empty(B, N, h * D, dtype=q.dtype, device=q.device)
@@ -143,7 +158,10 @@ class FastWindowAttention(nn.Module):
 
     @torch.jit.unused
     def _attend_autocast_off(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(q.device.type):
+        if isinstance(q, torch.fx.Proxy):  # symbolic tracing: the graph runs attend_tokens as written
+            return self.attend_tokens(q, k, v)
+        device = q.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
             with torch.autocast(q.device.type, enabled=False):
                 return self.attend_tokens(q, k, v)
         return self.attend_tokens(q, k, v)
