@@ -157,3 +157,38 @@ def test_zero_dim_is_a_clear_error(name):
 def test_fwa_rejects_non_positive_dp_init(dp_init):
     with pytest.raises(ValueError, match="dp_init"):
         build_attention("fwa", 16, heads=2, dp_init=dp_init)
+
+
+def test_flops_counted_per_head_for_one_fwa_layer():
+    """count_flops counts FWA's per-head products (Eqs. 2-3), not the block-diagonal kernel's zeros."""
+    from lolvit.nn import LOLViTBlock
+    from lolvit.tasks.summary import count_flops
+
+    block = LOLViTBlock(16, 32, depth=1, heads=4, fold=2, patch=1).eval()
+    H, W, d, h, D, fold = 6, 8, 32, 4, 8, 2
+    N, n = H * W, 4  # n = ceil(W / fold) keys
+    hand = (
+        2 * N * d * d  # Query half of the shared projection, N tokens
+        + 2 * W * d * d  # Token half on the W column sums (FAWA is linear)
+        + 2 * h * n * (fold * D) * (2 * D)  # shared 1x1 key/value projection (Eq. 5)
+        + 2 * (2 * h * N * n * D)  # Q K^T and weights x V, per head
+        + 2 * N * d * d  # output projection
+    )
+    _, per_module = count_flops(block, (H, W), in_chans=16)
+    assert per_module["LOLViTBlock.layers.0.attn"] == hand
+    assert block.layers[0].attn.per_head is False  # restored after counting
+    x = torch.randn(2, 16, H, W)
+    with torch.no_grad():
+        ref = block(x)
+        block.layers[0].attn.per_head = True
+        torch.testing.assert_close(block(x), ref)
+
+
+def test_lolvit_gflops_at_640():
+    """The backbone FLOPs of issue 11 #12 (5.29 / 8.54 G at 640 px, per head)."""
+    import timm
+    from lolvit.tasks.summary import backbone_rows
+
+    for name, gflops in (("lolvit_s", 5.290), ("lolvit_x", 8.535)):
+        rows = backbone_rows(timm.create_model(name), name, (640, 640))
+        assert sum(r.flops for r in rows) / 1e9 == pytest.approx(gflops, abs=5e-4)

@@ -8,7 +8,8 @@ Every mechanism maps normalised tokens of a feature map to tokens of the same sh
 mechanisms ignore it and return ``None``. Build one by name with :func:`build_attention`.
 """
 import math
-from typing import Dict, Optional, Tuple, Type
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
@@ -104,6 +105,7 @@ class FastWindowAttention(nn.Module):
         self.kv = nn.Linear(fold * self.head_dim, 2 * self.head_dim)
         self.proj = nn.Linear(dim, dim)
         self.dp = nn.Parameter(torch.tensor(float(dp_init)))
+        self.per_head = False  # True: the per-head product of Eqs. 2-3 as written (FLOP counting)
 
     def keys(self, x: Tensor, H: int, W: int) -> Tensor:
         """Normalised FAWA keys of the Token sequence: (B, N, dim) -> (B, heads, n, fold*D).
@@ -125,7 +127,9 @@ class FastWindowAttention(nn.Module):
         (B, h*n, h*D), so both products are single batched GEMMs on the contiguous query and
         the output lands in token layout: no head transposes or copies of the N-long tensors.
         The off-diagonal blocks are exact zeros (act(0) = 0 for every DReLu activation), so
-        the result is that of the per-head product. Without autograd, the batch is processed in
+        the result is that of the per-head product (``per_head=True`` computes that product
+        directly, so that FLOP counters see the algorithm's h*N*n*D multiply-adds per product
+        rather than the h-times larger block-diagonal GEMMs). Without autograd, the batch is processed in
         chunks whose (chunk, N, h*n) weights stay below ``score_chunk`` elements, written into
         one preallocated output: peak memory is about query + output.
         """
@@ -135,6 +139,9 @@ class FastWindowAttention(nn.Module):
         homogeneous = self.activation == "relu" or self.activation == "leaky_relu"
         # relu/leaky_relu are positively homogeneous: the Eq. 3 scale moves onto V
         c = (self.scale if homogeneous else 1.0) / ((self.dp.float() + self.eps) * n)
+        if self.per_head:
+            qh = _to_heads(q, h)  # (B, h, N, D): h products of (N, D) x (D, n) and (N, n) x (n, D)
+            return _from_heads(self._weights(qh @ k.transpose(-2, -1), homogeneous) @ (v * c))
         if torch.is_grad_enabled() or _capturing():
             # traced/exported graphs must not bake in a loop over (or guards on) the example batch
             kbd, vbd = _block_diagonal(k, v * c)
@@ -301,6 +308,22 @@ class SeparableSelfAttention(nn.Module):
         scores = torch.softmax(i, dim=1)  # (B, N, 1) over tokens
         context = (k * scores).sum(dim=1, keepdim=True)  # (B, 1, dim)
         return self.proj(F.relu(v) * context), None
+
+
+@contextmanager
+def per_head_products(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every FWA in ``model`` multiplies per head (``per_head=True``): the same
+    outputs, and a FLOP counter sees the algorithm's FLOPs, not the zero blocks of the block-diagonal
+    kernel. The previous settings are restored on exit."""
+    modules = [m for m in model.modules() if isinstance(m, FastWindowAttention)]
+    saved = [m.per_head for m in modules]
+    for m in modules:
+        m.per_head = True
+    try:
+        yield model
+    finally:
+        for m, flag in zip(modules, saved):
+            m.per_head = flag
 
 
 ATTENTIONS: Dict[str, Type[nn.Module]] = {
