@@ -143,8 +143,8 @@ def test_bad_construction():
         build_attention("fwa", 16, heads=2, activation="gelu")
     with pytest.raises(TypeError):
         build_attention("mhsa", 16.0, heads=2)
-    with pytest.raises(ValueError, match="perfect square"):
-        build_attention("agent", 16, heads=2, agents=10)
+    with pytest.raises(ValueError, match="agents must be a positive int"):
+        build_attention("agent", 16, heads=2, agents=0)
 
 
 @pytest.mark.parametrize("name", ["fwa", "fwa_softmax", "mhsa", "agent", "ssa"])
@@ -192,3 +192,27 @@ def test_lolvit_gflops_at_640():
     for name, gflops in (("lolvit_s", 5.290), ("lolvit_x", 8.535)):
         rows = backbone_rows(timm.create_model(name), name, (640, 640))
         assert sum(r.flops for r in rows) / 1e9 == pytest.approx(gflops, abs=5e-4)
+
+
+@pytest.mark.parametrize("agents,grid", [(49, (7, 7)), (48, (6, 8)), (12, (3, 4)), (3, (1, 3)), (10, (2, 5))])
+def test_agent_counts_pool_to_near_square_grids(agents, grid):
+    attn = AgentAttention(16, heads=2, agents=agents)
+    assert attn.pool == grid and attn.an_bias.shape[1] == agents
+    out, _ = attn(torch.randn(2, 6 * 9, 16), 6, 9)
+    assert out.shape == (2, 54, 16)
+
+
+def test_drelu_divisor_queries_divides_by_query_length():
+    torch.manual_seed(0)
+    keys = build_attention("fwa", 16, heads=2, fold=2)
+    queries = build_attention("fwa", 16, heads=2, fold=2, drelu_divisor="queries")
+    queries.load_state_dict(keys.state_dict())
+    H, W = 3, 8
+    n = 4  # ceil(8 / 2) keys, N = 24 queries
+    x = torch.randn(2, H * W, 16)
+    with torch.no_grad():
+        a = keys.mix(keys.qt(x)[..., :16], *keys.kv(keys.keys(x, H, W)).chunk(2, dim=-1))
+        b = queries.mix(queries.qt(x)[..., :16], *queries.kv(queries.keys(x, H, W)).chunk(2, dim=-1))
+    torch.testing.assert_close(b * (H * W), a * n)
+    with pytest.raises(ValueError, match="drelu_divisor"):
+        build_attention("fwa", 16, heads=2, drelu_divisor="n")

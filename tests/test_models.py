@@ -296,3 +296,40 @@ def test_fx_feature_extraction(name):
         assert [t.shape for t in fx_timm(x)] == [r.shape for r in ref]
     with pytest.raises(ValueError, match="smaller than the minimum"):
         extractor(torch.randn(1, 3, 16, 64))  # the traced graph keeps the input check
+
+
+@pytest.mark.parametrize(
+    "kwargs,field,value",
+    [
+        (dict(drelu_divisor="queries"), "drelu_divisor", "queries"),
+        (dict(patch_mode="tokens", patches=(2, 2, 1)), "patch_mode", "tokens"),
+        (dict(attention="agent", agents=(49, 16, 4)), "agents", (49, 16, 4)),
+    ],
+)
+def test_fidelity_options_via_model_kwargs(kwargs, field, value, tmp_path):
+    """The paper readings are create_model / --model-kwargs keywords and survive a checkpoint."""
+    import json
+
+    from lolvit.tasks.classify.cli import _json_mapping
+    from lolvit.tasks.classify.train import build_model
+
+    model = build_model("lolvit_s", 10, **_json_mapping(json.dumps(kwargs)))
+    assert getattr(model.config, field) == value
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 70, 90)).shape == (1, 10)
+    lolvit.save_checkpoint(model, tmp_path / "m")
+    assert getattr(lolvit.load_checkpoint(tmp_path / "m").config, field) == value
+
+
+def test_fidelity_defaults_and_errors():
+    model = timm.create_model("lolvit_s", attention="agent")
+    assert (model.config.drelu_divisor, model.config.patch_mode, model.config.agents) == ("keys", "window", (48, 12, 3))
+    assert [m.agents for m in model.modules() if hasattr(m, "agents")] == [48, 12, 3]  # Table 2
+    assert [m.drelu_divisor for m in timm.create_model("lolvit_s", drelu_divisor="queries").modules()
+            if hasattr(m, "drelu_divisor")] == ["queries"] * 3
+    legacy = timm.create_model("lolvit_s", attention="agent", attn_kwargs={"agents": 9})
+    assert legacy.config.agents == (9, 9, 9)
+    for kwargs, match in [(dict(drelu_divisor="n"), "drelu_divisor"), (dict(patch_mode="pixels"), "patch_mode"),
+                          (dict(agents=0), "agents"), (dict(agents=(4, 4)), "agents")]:
+        with pytest.raises(ValueError, match=match):
+            timm.create_model("lolvit_s", **kwargs)

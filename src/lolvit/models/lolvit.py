@@ -19,8 +19,8 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint_seq
 
 from ..nn.attention import ATTENTIONS
-from ..nn.blocks import ConvBNAct, GhostNetBlock, LOLViTBlock
-from ..nn.functional import check_activation
+from ..nn.blocks import PATCH_MODES, ConvBNAct, GhostNetBlock, LOLViTBlock
+from ..nn.functional import check_activation, check_drelu_divisor
 
 __all__ = ["LOLViT", "LOLViTConfig", "MODEL_CONFIGS", "MIN_INPUT_SIZE"]
 
@@ -33,6 +33,10 @@ class LOLViTConfig:
 
     ``channels``: stem, stage-1 ... stage-5 output channels. ``dims``: transformer width of the
     three LOLViT blocks. ``depths`` (L), ``heads``, ``folds``, ``patches``: per LOLViT block.
+    ``dp_init``: initial DP (Eq. 3). ``drelu_divisor``: Eq. 3's sequence length, ``"keys"`` (n) or
+    ``"queries"`` (N). ``patch_mode``: ``patches`` read as the FAWA window width (``"window"``) or
+    as MobileViT token patches (``"tokens"``). ``agents``: Agent Attention's agent count per block
+    (``attention="agent"`` only; default Table 2's 48/12/3, FWA's key counts at 384 px).
     """
 
     channels: Tuple[int, ...]
@@ -48,6 +52,9 @@ class LOLViTConfig:
     cache: bool = True
     attn_kwargs: Dict[str, Any] = field(default_factory=dict)
     dp_init: float = 0.5
+    drelu_divisor: str = "keys"
+    patch_mode: str = "window"
+    agents: Tuple[int, int, int] = (48, 12, 3)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -58,6 +65,10 @@ MODEL_CONFIGS: Dict[str, LOLViTConfig] = {
     "lolvit_s": LOLViTConfig(channels=(16, 32, 48, 64, 96, 128), dims=(96, 120, 144)),
     "lolvit_x": LOLViTConfig(channels=(32, 32, 64, 96, 128, 192), dims=(112, 144, 176)),
 }
+
+
+# model keywords that older configs passed inside attn_kwargs, with their defaults
+LIFTED_DEFAULTS: Dict[str, Any] = {"dp_init": 0.5, "drelu_divisor": "keys", "agents": (48, 12, 3)}
 
 
 def _triple(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int, int]:
@@ -117,6 +128,9 @@ class LOLViT(nn.Module):
         cache: bool = True,
         attn_kwargs: Optional[Dict[str, Any]] = None,
         dp_init: Optional[float] = None,
+        drelu_divisor: Optional[str] = None,
+        patch_mode: str = "window",
+        agents: Optional[Union[int, Sequence[int]]] = None,
         num_classes: int = 1000,
         in_chans: int = 3,
         global_pool: str = "avg",
@@ -133,14 +147,23 @@ class LOLViT(nn.Module):
         if not 0.0 <= drop_path_rate < 1.0:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate}")
         attn_kwargs = dict(attn_kwargs or {})
-        if "dp_init" in attn_kwargs:  # older configs put DP's initial value among the attention options
-            legacy = attn_kwargs.pop("dp_init")
-            if dp_init is not None and float(dp_init) != float(legacy):
-                raise ValueError(f"dp_init given twice: dp_init={dp_init} and attn_kwargs['dp_init']={legacy}")
-            dp_init = legacy
-        dp_init = 0.5 if dp_init is None else float(dp_init)
+        given = {"dp_init": dp_init, "drelu_divisor": drelu_divisor, "agents": agents}
+        for key, default in LIFTED_DEFAULTS.items():
+            if key in attn_kwargs:  # older configs put these among the attention options
+                legacy = attn_kwargs.pop(key)
+                if given[key] is not None and given[key] != legacy:
+                    raise ValueError(f"{key} given twice: {key}={given[key]!r} and attn_kwargs[{key!r}]={legacy!r}")
+                given[key] = legacy
+            if given[key] is None:
+                given[key] = default
+        dp_init, drelu_divisor = float(given["dp_init"]), check_drelu_divisor(given["drelu_divisor"])
+        agents = _triple(given["agents"], "agents")
+        if min(agents) < 1:
+            raise ValueError(f"agents must be >= 1 per LOLViT block, got {agents}")
         if not dp_init > 0:
             raise ValueError(f"dp_init (initial DP of Eq. 3) must be > 0, got {dp_init}")
+        if patch_mode not in PATCH_MODES:
+            raise ValueError(f"unknown patch_mode {patch_mode!r}; choose one of {PATCH_MODES}")
         if attention not in ATTENTIONS:
             raise ValueError(f"unknown attention {attention!r}; choose one of {sorted(ATTENTIONS)}")
         check_activation(activation)
@@ -156,7 +179,7 @@ class LOLViT(nn.Module):
                 raise ValueError(f"heads={h} must divide the transformer dim {d} (dims={dims}, heads={heads})")
         self.config = LOLViTConfig(
             tuple(channels), dims, depths, heads, folds, patches, float(mlp_ratio),
-            attention, activation, fusion, bool(cache), attn_kwargs, dp_init,
+            attention, activation, fusion, bool(cache), attn_kwargs, dp_init, drelu_divisor, patch_mode, agents,
         )
         self.num_classes = num_classes
         self.in_chans = in_chans
@@ -184,7 +207,8 @@ class LOLViT(nn.Module):
                             c[i + 3], dims[i], depths[i], heads[i], folds[i], patches[i],
                             attention=attention, activation=activation, mlp_ratio=mlp_ratio,
                             fusion=fusion, cache=cache, drop_path=[next(rates) for _ in range(depths[i])],
-                            dp_init=dp_init, **attn_kwargs,
+                            patch_mode=patch_mode, dp_init=dp_init, drelu_divisor=drelu_divisor,
+                            agents=agents[i], **attn_kwargs,
                         ),
                     )
                 )
@@ -310,8 +334,9 @@ default_cfgs = generate_default_cfgs({"lolvit_s": _cfg(), "lolvit_x": _cfg()})
 def create_lolvit(variant: str, pretrained: bool = False, **kwargs: Any) -> LOLViT:
     """Build a LOLViT variant; keyword arguments override the variant's config fields."""
     base = MODEL_CONFIGS[variant].to_dict()
-    if "dp_init" not in kwargs:
-        del base["dp_init"]  # the model resolves it (or an older attn_kwargs['dp_init'])
+    for key in LIFTED_DEFAULTS:
+        if key not in kwargs:
+            del base[key]  # the model resolves it (or an older attn_kwargs entry)
     base.update({k: v for k, v in kwargs.items() if k in base})
     rest = {k: v for k, v in kwargs.items() if k not in base}
     out_indices = rest.pop("out_indices", (0, 1, 2, 3, 4))

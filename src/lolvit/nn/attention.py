@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .functional import apply_activation, check_activation, column_sums, window_fold
+from .functional import apply_activation, check_activation, check_drelu_divisor, column_sums, window_fold
 
 
 SCORE_CHUNK = 1 << 21  # FWA inference: max elements of one chunk of attention weights (8 MiB fp32)
@@ -69,7 +69,8 @@ class FastWindowAttention(nn.Module):
     Query and Token come from one projection; the Token sequence is aggregated by FAWA
     (Eq. 4, window ``window`` columns, ``fold`` keys concatenated) and normalised, a shared
     1x1 projection turns each per-head key into FWA_K and FWA_V (Eq. 5), and the weights are
-    DReLu(Q FWA_K^T / sqrt(D)) (Eq. 3), computed in fp32.
+    DReLu(Q FWA_K^T / sqrt(D)) (Eq. 3), computed in fp32. ``drelu_divisor``: the sequence length
+    that divides the weights, ``"keys"`` (n, default) or ``"queries"`` (N, the paper's text).
 
     ``cache`` (B, heads, n, fold*D): the normalised FAWA keys of an earlier layer of the same
     block; when given, FAWA is skipped and only the Query half of the projection runs.
@@ -84,10 +85,12 @@ class FastWindowAttention(nn.Module):
         activation: str = "relu",
         dp_init: float = 0.5,
         eps: float = 1e-6,
+        drelu_divisor: str = "keys",
         **kwargs,
     ):
         super().__init__()
         self.head_dim = _check_heads(dim, heads)
+        self.drelu_divisor = check_drelu_divisor(drelu_divisor)
         if fold < 1 or window < 1:
             raise ValueError(f"fold and window must be >= 1, got fold={fold}, window={window}")
         if not float(dp_init) > 0 or not float(eps) >= 0:
@@ -138,7 +141,8 @@ class FastWindowAttention(nn.Module):
         N = q.shape[1]
         homogeneous = self.activation == "relu" or self.activation == "leaky_relu"
         # relu/leaky_relu are positively homogeneous: the Eq. 3 scale moves onto V
-        c = (self.scale if homogeneous else 1.0) / ((self.dp.float() + self.eps) * n)
+        length = n if self.drelu_divisor == "keys" else N  # Eq. 3's sequence length
+        c = (self.scale if homogeneous else 1.0) / ((self.dp.float() + self.eps) * length)
         if self.per_head:
             qh = _to_heads(q, h)  # (B, h, N, D): h products of (N, D) x (D, n) and (N, n) x (n, D)
             return _from_heads(self._weights(qh @ k.transpose(-2, -1), homogeneous) @ (v * c))
@@ -193,7 +197,7 @@ class FastWindowAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, heads={self.heads}, fold={self.fold}, window={self.window}, "
-            f"activation={self.activation}"
+            f"activation={self.activation}, drelu_divisor={self.drelu_divisor}"
         )
 
 
@@ -203,6 +207,7 @@ class FastWindowAttentionSoftmax(FastWindowAttention):
     def __init__(self, dim: int, heads: int = 4, fold: int = 1, window: int = 1, **kwargs):
         kwargs.pop("activation", None)
         kwargs.pop("dp_init", None)
+        kwargs.pop("drelu_divisor", None)
         super().__init__(dim, heads, fold, window, activation="relu", **kwargs)
         del self.dp
         self.activation = "softmax"
@@ -235,8 +240,9 @@ class MultiHeadSelfAttention(nn.Module):
 class AgentAttention(nn.Module):
     """Agent Attention (Han et al., ECCV 2024), in the form of its authors' PVT/Swin code.
 
-    ``agents`` agent tokens are average-pooled from the query map; agents first attend to the
-    keys (softmax, agent biases), then the queries attend to the agents (softmax, query
+    ``agents`` agent tokens are average-pooled from the query map to a grid of rows x cols =
+    ``agents`` as near square as possible (49: 7x7, 48: 6x8, 12: 3x4, 3: 1x3); agents first attend
+    to the keys (softmax, agent biases), then the queries attend to the agents (softmax, query
     biases); a 3x3 depthwise convolution of V is added. Position biases are learned at a
     reference size and bilinearly resized to the actual H x W.
     """
@@ -244,11 +250,11 @@ class AgentAttention(nn.Module):
     def __init__(self, dim: int, heads: int = 4, agents: int = 49, bias_size: int = 7, **kwargs):
         super().__init__()
         self.head_dim = _check_heads(dim, heads)
-        pool = int(round(math.sqrt(agents)))
-        if pool * pool != agents:
-            raise ValueError(f"agents={agents} must be a perfect square (pooled to a square grid)")
+        if isinstance(agents, bool) or not isinstance(agents, int) or agents < 1:
+            raise ValueError(f"agents must be a positive int, got {agents!r}")
+        rows = max(r for r in range(1, math.isqrt(agents) + 1) if agents % r == 0)
         self.heads = heads
-        self.pool = pool
+        self.pool = (rows, agents // rows)
         self.agents = agents
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -278,7 +284,7 @@ class AgentAttention(nn.Module):
     ) -> Tuple[Tensor, Optional[Tensor]]:
         B, N, C = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        agent = F.adaptive_avg_pool2d(q.transpose(1, 2).reshape(B, C, H, W), (self.pool, self.pool))
+        agent = F.adaptive_avg_pool2d(q.transpose(1, 2).reshape(B, C, H, W), self.pool)
         agent = _to_heads(agent.flatten(2).transpose(1, 2), self.heads)  # (B, h, a, D)
         qh, kh, vh = _to_heads(q, self.heads), _to_heads(k, self.heads), _to_heads(v, self.heads)
         agent_bias = self._bias(self.an_bias, self.ah_bias, self.aw_bias, H, W)
@@ -339,7 +345,7 @@ def build_attention(name: str, dim: int, heads: int = 4, **kwargs) -> nn.Module:
     """Build an attention mechanism by name: one of ``ATTENTIONS``.
 
     FWA options: ``fold``, ``window``, ``activation`` (relu, leaky_relu, relu6, silu),
-    ``dp_init``, ``eps``; Agent Attention: ``agents``, ``bias_size``. Options a mechanism
+    ``dp_init``, ``eps``, ``drelu_divisor`` (keys, queries); Agent Attention: ``agents``, ``bias_size``. Options a mechanism
     does not use are ignored, so one config can switch mechanisms.
     """
     if name not in ATTENTIONS:

@@ -166,6 +166,7 @@ class MobileViTFusion(nn.Module):
 
 
 FUSIONS = {"feature_fusion": FeatureFusion, "mobilevit": MobileViTFusion}
+PATCH_MODES = ["window", "tokens"]
 
 
 class LOLViTBlock(nn.Module):
@@ -173,8 +174,12 @@ class LOLViTBlock(nn.Module):
     sharing the FAWA key cache (Eq. 5) -> LayerNorm -> 1x1 back-projection -> fusion with the
     block input. (B, C, H, W) -> (B, C, H, W); every pixel is a token.
 
-    ``patch`` is the FAWA window width P_l (patch size 1 = one key per column).
-    ``cache=False`` makes every layer aggregate its own keys (Table 13 "no cache").
+    ``patch`` is the patch size P, read as ``patch_mode`` says: ``"window"`` (default) makes it
+    the FAWA window width P_l, every pixel a token (patch size 1 = one key per column);
+    ``"tokens"`` splits the map into P x P patches as MobileViT does: the P*P pixels at the same
+    position in each patch form one sequence over the (H/P) x (W/P) patch grid (maps zero-padded
+    to a multiple of P, then cropped), and FWA's keys are the columns of that grid. Both readings
+    agree for P = 1. ``cache=False`` makes every layer aggregate its own keys (Table 13 "no cache").
     ``drop_path``: stochastic-depth rate, one for all layers or one per layer.
     """
 
@@ -192,11 +197,18 @@ class LOLViTBlock(nn.Module):
         fusion: str = "feature_fusion",
         cache: bool = True,
         drop_path: Union[float, Sequence[float]] = 0.0,
+        patch_mode: str = "window",
         **attn_kwargs,
     ):
         super().__init__()
         if depth < 1:
             raise ValueError(f"LOLViTBlock depth (L) must be >= 1, got {depth}")
+        if patch_mode not in PATCH_MODES:
+            raise ValueError(f"unknown patch_mode {patch_mode!r}; choose one of {PATCH_MODES}")
+        if patch < 1:
+            raise ValueError(f"patch size must be >= 1, got {patch}")
+        self.patch = patch if patch_mode == "tokens" else 1  # token patch side; 1 = every pixel a token
+        window = patch if patch_mode == "window" else 1
         rates = [float(drop_path)] * depth if isinstance(drop_path, (int, float)) else [float(r) for r in drop_path]
         if len(rates) != depth:
             raise ValueError(f"drop_path needs one rate per layer ({depth}), got {len(rates)}")
@@ -209,7 +221,7 @@ class LOLViTBlock(nn.Module):
             [
                 TransformerLayer(
                     dim, attention, heads, mlp_ratio, drop_path=rate,
-                    fold=fold, window=patch, activation=activation, **attn_kwargs,
+                    fold=fold, window=window, activation=activation, **attn_kwargs,
                 )
                 for rate in rates
             ]
@@ -221,11 +233,18 @@ class LOLViTBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, _, H, W = x.shape
         y = self.up(self.local(x))
-        t = y.flatten(2).transpose(1, 2)  # (B, N, dim)
+        P = self.patch
+        if P > 1:
+            y = F.pad(y, (0, (P - W % P) % P, 0, (P - H % P) % P))
+        C, h, w = y.shape[1], y.shape[2] // P, y.shape[3] // P
+        # (B, C, h*P, w*P) -> (B*P*P, h*w, C): one sequence per pixel position within the patches
+        t = y.reshape(B, C, h, P, w, P).permute(0, 3, 5, 2, 4, 1).reshape(B * P * P, h * w, C)
         cache: Optional[Tensor] = None
         for layer in self.layers:
-            t, keys = layer(t, H, W, cache)
+            t, keys = layer(t, h, w, cache)
             if self.use_cache:
                 cache = keys
-        g = self.norm(t).transpose(1, 2).reshape(B, t.shape[-1], H, W)  # explicit C: B may be 0
+        g = self.norm(t).reshape(B, P, P, h, w, C).permute(0, 5, 3, 1, 4, 2).reshape(B, C, h * P, w * P)
+        if P > 1:
+            g = g[:, :, :H, :W]
         return self.fusion(x, self.down(g))
