@@ -15,11 +15,13 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--topk", type=int, default=5)
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint or a model name to ONNX (dynamic batch/height/width)")
+    p = sub.add_parser("export", help="export a checkpoint or a model name to ONNX or OpenVINO IR (dynamic batch/height/width)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="checkpoint path")
     src.add_argument("--model", help="model name (random weights)")
-    p.add_argument("--output", required=True, help="output .onnx path")
+    p.add_argument("--output", required=True, help="output .onnx path (.xml for --format openvino)")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx",
+                   help="onnx (default) or openvino (IR .xml/.bin, fp32 weights; needs the openvino extra)")
     p.add_argument("--size", nargs=2, type=int, default=(224, 224), metavar=("H", "W"))
     p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers unfused")
     p.set_defaults(func=_export)
@@ -57,11 +59,12 @@ def _export(args: argparse.Namespace) -> int:
     import timm
 
     import lolvit
-    from lolvit.export import export_onnx
+    from lolvit.export import export_onnx, export_openvino
 
     model = lolvit.load_checkpoint(args.checkpoint) if args.checkpoint else timm.create_model(args.model)
     if not args.no_fuse:
         lolvit.fuse(model)
-    path = export_onnx(model, args.output, tuple(args.size))
+    exporter = export_openvino if args.format == "openvino" else export_onnx
+    path = exporter(model, args.output, tuple(args.size))
     print(f"wrote {path}")
     return 0
