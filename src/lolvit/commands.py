@@ -40,11 +40,13 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.set_defaults(func=_predict)
 
-    p = sub.add_parser("export", help="export a checkpoint or a model name to ONNX (dynamic batch/height/width)")
+    p = sub.add_parser("export", help="export a checkpoint or a model name to ONNX or OpenVINO IR (dynamic batch/height/width)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="checkpoint path")
     src.add_argument("--model", help="model name (random weights)")
-    p.add_argument("--output", required=True, help="output .onnx path")
+    p.add_argument("--output", required=True, help="output .onnx path (.xml for --format openvino)")
+    p.add_argument("--format", choices=("onnx", "openvino"), default="onnx",
+                   help="onnx (default) or openvino (IR .xml/.bin, fp32 weights; needs the openvino extra)")
     p.add_argument("--size", nargs=2, type=positive_int, default=None, metavar=("H", "W"),
                    help="example input size (default: the checkpoint's, else 224 224)")
     p.add_argument("--no-fuse", action="store_true", help="keep BatchNorm layers unfused")
@@ -80,13 +82,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     import lolvit
-    from lolvit.export import check_writable, export_onnx
+    from lolvit.export import check_writable, export_onnx, export_openvino
     from lolvit.io import build_model
 
     check_writable(args.output)
     model = lolvit.load_checkpoint(args.checkpoint) if args.checkpoint else build_model(args.model, {}, "--model")
     if not args.no_fuse:
         lolvit.fuse(model)
-    path = export_onnx(model, args.output, tuple(args.size) if args.size else None)
+    exporter = export_openvino if args.format == "openvino" else export_onnx
+    path = exporter(model, args.output, tuple(args.size) if args.size else None)
     print(f"wrote {path}")
     return 0

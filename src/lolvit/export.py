@@ -120,3 +120,37 @@ def export_onnx(
             os.unlink(tmp)
         raise
     return path
+
+
+def export_openvino(
+    model: nn.Module,
+    path: Union[str, Path],
+    input_size: Optional[Sequence[int]] = None,
+    in_chans: Optional[int] = None,
+    dynamic: bool = True,
+    max_size: int = 4096,
+) -> Path:
+    """Export ``model`` to OpenVINO IR (``path`` = the ``.xml``; weights go to the ``.bin`` next to
+    it, kept fp32): the ONNX graph of :func:`export_onnx` (same input/output names and dynamic
+    axes) converted by ``openvino.convert_model``. Requires the ``openvino`` extra.
+
+    Run it with ``{"INFERENCE_PRECISION_HINT": "f32"}`` to get fp32 results: OpenVINO's CPU
+    default on bf16-capable CPUs is bf16 inference.
+    """
+    import os
+    import tempfile
+
+    os.environ.setdefault("CI", "true")  # no OpenVINO telemetry
+    try:
+        import openvino as ov
+    except ImportError as e:
+        raise ImportError("OpenVINO export needs openvino: pip install 'lolvit[openvino]'") from e
+    path = Path(path)
+    if path.suffix != ".xml":
+        raise ValueError(f"OpenVINO output must be a .xml path (weights go to the .bin beside it), got {str(path)!r}")
+    with tempfile.TemporaryDirectory(prefix="lolvit-ov-") as tmp:
+        onnx_path = export_onnx(model, Path(tmp) / "model.onnx", input_size, in_chans, dynamic, max_size)
+        ov_model = ov.convert_model(str(onnx_path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ov.save_model(ov_model, str(path), compress_to_fp16=False)
+    return path
