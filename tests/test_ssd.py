@@ -1,5 +1,6 @@
 """SSDLite over LOLViT (issue 5): build, one short epoch on tiny scenes, COCO mAP, bad input."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,19 @@ def test_corrupt_image_reason_named(scenes, tmp_path):
     (img / "broken.jpg").write_bytes(b"not an image at all")
     with pytest.warns(UserWarning, match=r"1 undecodable images \(first: .*broken\.jpg: cannot identify image"):
         DetectionDataset(img, scenes / "det" / "labels" / "train", num_classes=10)
+
+
+def test_checkpoint_names_keep_their_dots(tmp_path):
+    """issue 12 #2: 'm.v1' and 'm.v2' are two checkpoints (main: both written to m.safetensors)."""
+    from lolvit.tasks.dense.checkpoint import checkpoint_files, read_spec_checkpoint, save_spec_checkpoint
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert save_spec_checkpoint(a, tmp_path / "m.v1", "t", {}) == tmp_path / "m.v1.safetensors"
+    save_spec_checkpoint(b, tmp_path / "m.v2", "t", {"v": 2})
+    got1, _ = read_spec_checkpoint(tmp_path / "m.v1", "t")
+    got2, meta2 = read_spec_checkpoint(tmp_path / "m.v2.safetensors", "t")
+    torch.testing.assert_close(got1["weight"], a.weight.detach())
+    torch.testing.assert_close(got2["weight"], b.weight.detach())
+    assert meta2["spec"] == {"v": 2} and not (tmp_path / "m.safetensors").exists()
+    assert checkpoint_files(tmp_path / "last.json") == (tmp_path / "last.safetensors", tmp_path / "last.json")
+    assert checkpoint_files("runs/ssd/last")[0] == Path("runs/ssd/last.safetensors")
