@@ -1,6 +1,8 @@
 """SSDLite over LOLViT (issue 5): build, one short epoch on tiny scenes, COCO mAP, bad input."""
 import json
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -34,8 +36,9 @@ def test_ssd_maps_and_anchors():
 
 
 def test_ssd_train_val_coco_and_yolo_labels(scenes, tmp_path, no_network, capsys):
+    """batch 7 of 8 images: the last batch would hold one image (BatchNorm crash on main, issue 12 #5)."""
     report = ssd.train_ssd(scenes / "det" / "images" / "train", scenes / "annotations" / "instances_train.json",
-                           num_classes=10, size=96, epochs=1, batch=4, out=tmp_path / "ssd",
+                           num_classes=10, size=96, epochs=1, batch=7, out=tmp_path / "ssd",
                            val_images=scenes / "det" / "images" / "val",
                            val_labels=scenes / "det" / "labels" / "val", threads=2)
     assert len(report["loss"]) == 1 and report["loss"][0] > 0
@@ -79,3 +82,64 @@ def test_detection_dataset_skips_bad_input(scenes, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ValueError, match="COCO"):
         DetectionDataset(img, tmp_path / "bad.json")
+
+
+def test_no_singleton_batches():
+    g = torch.Generator().manual_seed(0)
+    for n, b, sizes in ((8, 7, [8]), (9, 4, [4, 5]), (8, 4, [4, 4]), (2, 16, [2]), (10, 3, [3, 3, 4])):
+        batches = list(ssd.NoSingletonBatches(n, b, g))
+        assert [len(x) for x in batches] == sizes and sorted(sum(batches, [])) == list(range(n))
+        assert len(ssd.NoSingletonBatches(n, b, g)) == len(sizes)
+    with pytest.raises(ValueError, match="--batch 1"):
+        ssd.NoSingletonBatches(8, 1, g)
+    with pytest.raises(ValueError, match="1 training image"):
+        ssd.NoSingletonBatches(1, 4, g)
+
+
+def test_non_finite_yolo_and_coco_labels_named(scenes, tmp_path):
+    """issue 12 #12: NaN/inf coordinates or class ids are skipped with file:line named (main: NaN boxes
+    kept, or a crash in int(nan) with no file named)."""
+    import shutil
+
+    img, lab = tmp_path / "images", tmp_path / "labels"
+    shutil.copytree(scenes / "det" / "images" / "train", img)
+    shutil.copytree(scenes / "det" / "labels" / "train", lab)
+    first = sorted(lab.glob("*.txt"))[0]
+    first.write_text("0 0.5 0.5 0.2 0.2\nnan 0.5 0.5 0.2 0.2\n1 inf 0.5 0.2 0.2\n2 0.5 0.5 nan 0.1\n")
+    with pytest.warns(UserWarning, match=rf"3 non finite values \(first: .*{first.name}:2\)"):
+        data = DetectionDataset(img, lab, num_classes=10)
+    assert data.stats["non_finite_values"] == 3
+    assert all(np.isfinite(s["boxes"]).all() for s in data.samples)
+    coco = json.loads((scenes / "annotations" / "instances_train.json").read_text())
+    coco["annotations"][0]["bbox"][2] = float("nan")
+    (tmp_path / "c.json").write_text(json.dumps(coco))  # json writes NaN, Python's json reads it back
+    with pytest.warns(UserWarning, match=r"1 non finite values \(first: .*c\.json \(annotation id"):
+        data = DetectionDataset(scenes / "det" / "images" / "train", tmp_path / "c.json")
+    assert all(np.isfinite(s["boxes"]).all() for s in data.samples)
+
+
+def test_corrupt_image_reason_named(scenes, tmp_path):
+    """issue 12 #17: the warning names the image and the decoder's reason."""
+    import shutil
+
+    img = tmp_path / "images"
+    shutil.copytree(scenes / "det" / "images" / "train", img)
+    (img / "broken.jpg").write_bytes(b"not an image at all")
+    with pytest.warns(UserWarning, match=r"1 undecodable images \(first: .*broken\.jpg: cannot identify image"):
+        DetectionDataset(img, scenes / "det" / "labels" / "train", num_classes=10)
+
+
+def test_checkpoint_names_keep_their_dots(tmp_path):
+    """issue 12 #2: 'm.v1' and 'm.v2' are two checkpoints (main: both written to m.safetensors)."""
+    from lolvit.tasks.dense.checkpoint import checkpoint_files, read_spec_checkpoint, save_spec_checkpoint
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    assert save_spec_checkpoint(a, tmp_path / "m.v1", "t", {}) == tmp_path / "m.v1.safetensors"
+    save_spec_checkpoint(b, tmp_path / "m.v2", "t", {"v": 2})
+    got1, _ = read_spec_checkpoint(tmp_path / "m.v1", "t")
+    got2, meta2 = read_spec_checkpoint(tmp_path / "m.v2.safetensors", "t")
+    torch.testing.assert_close(got1["weight"], a.weight.detach())
+    torch.testing.assert_close(got2["weight"], b.weight.detach())
+    assert meta2["spec"] == {"v": 2} and not (tmp_path / "m.safetensors").exists()
+    assert checkpoint_files(tmp_path / "last.json") == (tmp_path / "last.safetensors", tmp_path / "last.json")
+    assert checkpoint_files("runs/ssd/last")[0] == Path("runs/ssd/last.safetensors")

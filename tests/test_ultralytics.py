@@ -56,8 +56,10 @@ def test_ultralytics_fuse_folds_lolvit(name):
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-3)
 
 
-def test_detect_train_val_predict_export_offline(scenes, tmp_path, no_network, capsys):
-    """One short epoch on tiny scenes with broken samples mixed in, then val, predict, ONNX."""
+def test_detect_train_val_predict_export_offline(scenes, tmp_path, no_network, capsys, monkeypatch):
+    """One short epoch on tiny scenes with broken samples mixed in, then val, predict, ONNX.
+    Outputs land where the user is (issue 11 #7): relative projects are taken from the working folder."""
+    monkeypatch.chdir(tmp_path)
     data = tmp_path / "data"
     shutil.copytree(scenes / "det", data)
     yaml_text = (scenes / "scenes-det.yaml").read_text().replace(str((scenes / "det").resolve()), str(data))
@@ -66,15 +68,17 @@ def test_detect_train_val_predict_export_offline(scenes, tmp_path, no_network, c
     n_train = len(list((data / "images" / "train").glob("*.jpg")))
 
     yolo, _ = lu.train("lolvit-s-det", tmp_path / "data.yaml", epochs=1, imgsz=IMGSZ, batch=4,
-                       project=str(tmp_path / "runs"), name="det", plots=False, val=True, seed=0)
+                       name="train", plots=False, val=True, seed=0)
     assert len(yolo.trainer.train_loader.dataset.labels) == n_train - dropped
-    best = Path(yolo.trainer.best)
-    assert best.is_file()
+    best = tmp_path / "runs" / "detect" / "train" / "weights" / "best.pt"  # the documented path
+    assert Path(yolo.trainer.best).resolve() == best.resolve() and best.is_file()
 
     from lolvit.cli import main
 
     capsys.readouterr()
-    assert main(["detect", "val", str(best), str(tmp_path / "data.yaml"), "--imgsz", str(IMGSZ), "--batch", "4"]) == 0
+    assert main(["detect", "val", str(best), str(tmp_path / "data.yaml"), "--imgsz", str(IMGSZ), "--batch", "4",
+                 "--project", "mine", "--name", "v"]) == 0
+    assert (tmp_path / "mine" / "v").is_dir()
     metrics = json_tail(capsys.readouterr().out)
     assert 0.0 <= metrics["metrics/mAP50-95(B)"] <= metrics["metrics/mAP50(B)"] <= 1.0
 
@@ -124,6 +128,23 @@ def test_segment_train_val_offline(scenes, tmp_path, no_network):
     assert 0.0 <= metrics.seg.map <= 1.0 and 0.0 <= metrics.box.map <= 1.0
 
 
+def test_detect_cli_project_is_relative_to_cwd(tmp_path, monkeypatch):
+    """`lolvit detect train` passes ./runs/detect (not ultralytics' runs_dir) by default."""
+    from lolvit.cli import main
+
+    seen = {}
+
+    def fake_train(model, data, **kwargs):
+        seen.update(kwargs)
+        seen["resolved"] = lu._project(kwargs["project"], "detect")
+        raise ValueError("stop")
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(lu, "train", fake_train)
+    assert main(["detect", "train", "lolvit-s-det", "d.yaml"]) == 2
+    assert seen["resolved"] == str(tmp_path.resolve() / "runs" / "detect") and seen["name"] == "train"
+
+
 def test_bad_data_yaml_and_names(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         lu.check_data_yaml(tmp_path / "missing.yaml")
@@ -139,3 +160,129 @@ def test_bad_data_yaml_and_names(tmp_path):
         lu.model_cfg("yolov8n.pt")
     with pytest.raises(ValueError, match="unknown LOLViT variant"):
         lu.LOLViTBackbone("lolvit_q")
+
+
+class _Payload:
+    """A pickle that runs code when unpickled: writes ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.touch, (pathlib.Path(self.marker),)
+
+
+@pytest.mark.parametrize("action", ["predict", "val", "export", "train"])
+def test_detect_commands_never_unpickle_payloads(action, tmp_path, capsys):
+    """issue 12 #1: a foreign pickle is refused with one line; its payload never runs."""
+    from lolvit.cli import main
+
+    marker = tmp_path / "payload-ran"
+    torch.save({"model": _Payload(marker)}, tmp_path / "e.pt")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "img.jpg").write_bytes(b"")
+    (tmp_path / "d.yaml").write_text(f"path: {tmp_path}\ntrain: images\nval: images\nnames:\n  0: a\n")
+    args = {"predict": [str(tmp_path / "img.jpg")], "val": [str(tmp_path / "d.yaml")], "export": [],
+            "train": [str(tmp_path / "d.yaml"), "--epochs", "1"]}[action]
+    capsys.readouterr()
+    assert main(["detect", action, str(tmp_path / "e.pt"), *args]) == 2
+    assert not marker.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "refusing to load checkpoint" in err and "e.pt" in err, err
+
+
+def test_own_checkpoint_loads_safely(tmp_path, monkeypatch):
+    """lolvit's own checkpoints (LOLViTBackbone, LOLViTConfig, timm layers) pass the weights_only load,
+    also under ultralytics' process-wide ULTRALYTICS_SAFE_LOAD mode."""
+    import ultralytics.nn.tasks as tasks
+
+    yolo = lu.load_yolo("lolvit-s-seg")
+    yolo.save(tmp_path / "own.pt")
+    again = lu.load_yolo(tmp_path / "own.pt")
+    assert isinstance(again.model.model[0], lu.LOLViTBackbone) and again.task == "segment"
+    monkeypatch.setattr(tasks, "SAFE_LOAD", True)
+    ckpt, _ = tasks.torch_safe_load(str(tmp_path / "own.pt"))
+    assert isinstance(ckpt["model"].model[0], lu.LOLViTBackbone)
+    assert lu.safe_globals(["lolvit.nn.functional.drelu", "os.system", "lolvit.models.lolvit.LOLViTConfig"]) == {
+        "lolvit.models.lolvit.LOLViTConfig": __import__("lolvit").models.lolvit.LOLViTConfig}
+
+
+def test_yolo_by_bare_name_after_import_lolvit(tmp_path, monkeypatch):
+    """issue 11 #7: YOLO('lolvit-s-det.yaml') from any folder once lolvit is imported."""
+    import lolvit  # noqa: F401
+    from ultralytics import YOLO
+
+    monkeypatch.chdir(tmp_path)
+    yolo = YOLO("lolvit-s-det.yaml")
+    assert isinstance(yolo.model.model[0], lu.LOLViTBackbone) and yolo.task == "detect"
+
+
+def _yolo_cli(tmp_path, *args):
+    """Run the ``yolo`` CLI in a fresh interpreter whose site-packages holds lolvit's .pth (as installed)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    site_dir = tmp_path / "site"
+    site_dir.mkdir(exist_ok=True)
+    shutil.copy(root / "src" / "lolvit-ultralytics.pth", site_dir)
+    code = ("import site, sys; site.addsitedir(sys.argv[1]); sys.argv = ['yolo'] + sys.argv[2:]; "
+            "assert 'lolvit' not in sys.modules; from ultralytics.cfg import entrypoint; entrypoint()")
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", code, str(site_dir), *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_yolo_cli_builds_lolvit_yaml(tmp_path):
+    """issue 11 #7: `yolo detect predict model=lolvit-s-det.yaml` builds the model (KeyError 'LOLViTBackbone'
+    on main) in a process that never imports lolvit itself."""
+    import ultralytics
+
+    bus = Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
+    r = _yolo_cli(tmp_path, "detect", "predict", "model=lolvit-s-det.yaml", f"source={bus}", "imgsz=64",
+                  "save=False", "device=cpu")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "LOLViTBackbone" not in r.stderr and "bus.jpg" in r.stdout + r.stderr
+
+
+def test_packaging_installs_the_pth(tmp_path):
+    """The wheel and the editable wheel both put lolvit-ultralytics.pth at the top of site-packages."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "proj"
+    src.mkdir()
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        shutil.copy(root / name, src)
+    shutil.copytree(root / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for hook in ("build_wheel", "build_editable"):  # one process each, as pip does
+        code = f"from setuptools import build_meta as b; import sys; print(b.{hook}(sys.argv[1]))"
+        r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dist")], cwd=src, capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    wheels = sorted((tmp_path / "dist").glob("*.whl"))
+    assert len(wheels) == 2
+    for wheel in wheels:
+        names = zipfile.ZipFile(wheel).namelist()
+        assert "lolvit-ultralytics.pth" in names, (wheel.name, names[:5])
+    plain = [w for w in wheels if "editable" not in w.name][0]
+    assert "_lolvit_ultralytics_hook.py" in zipfile.ZipFile(plain).namelist()
+
+
+def test_corrupt_image_reason_not_pi_heif(tmp_path):
+    """issue 12 #17: ultralytics reports a corrupt image with PIL's reason, not "No module named 'pi_heif'"."""
+    from PIL import Image, UnidentifiedImageError
+    from ultralytics.data.utils import verify_image_label
+
+    lu.register()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 this is not a jpeg")
+    (tmp_path / "bad.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    with pytest.raises(UnidentifiedImageError, match="cannot identify image file"):
+        Image.open(bad)
+    msg = verify_image_label((str(bad), str(tmp_path / "bad.txt"), "", False, 1, 0, 0, False))[-1]
+    assert "cannot identify image file" in msg and "pi_heif" not in msg, msg

@@ -13,3 +13,6 @@ __all__ = [
     "LOLViT", "LOLViTConfig", "build_attention", "fuse", "load_checkpoint", "save_checkpoint",
     "models", "nn", "__version__",
 ]
+
+# ultralytics (when the user imports it) resolves LOLViT's YAML names and modules; imports nothing now.
+import _lolvit_ultralytics_hook  # noqa: E402,F401

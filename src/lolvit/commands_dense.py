@@ -25,7 +25,8 @@ def _register_detect(sub) -> None:
     t.add_argument("--imgsz", type=int, default=640)
     t.add_argument("--batch", type=int, default=16)
     t.add_argument("--workers", type=int, default=0)
-    t.add_argument("--project", default="runs/detect")
+    t.add_argument("--project", default="runs/detect",
+                   help="relative to the working directory: PROJECT/NAME/weights/best.pt")
     t.add_argument("--name", default="train")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--plots", action="store_true")
@@ -35,6 +36,8 @@ def _register_detect(sub) -> None:
     v.add_argument("data")
     v.add_argument("--imgsz", type=int, default=640)
     v.add_argument("--batch", type=int, default=16)
+    v.add_argument("--project", default="runs/detect", help="relative to the working directory")
+    v.add_argument("--name", default="val")
     v.set_defaults(func=_detect_val)
     pr = ds.add_parser("predict", help="draw predictions on images")
     pr.add_argument("model")
@@ -63,7 +66,7 @@ def _detect_train(a) -> int:
 def _detect_val(a) -> int:
     from lolvit.integrations import ultralytics as lu
 
-    m = lu.val(a.model, a.data, imgsz=a.imgsz, batch=a.batch)
+    m = lu.val(a.model, a.data, imgsz=a.imgsz, batch=a.batch, project=a.project, name=a.name)
     _print(m.results_dict)
     return 0
 
@@ -107,7 +110,10 @@ def _register_ssd(sub) -> None:
             q.add_argument("--val-labels")
             q.add_argument("--variant", default="lolvit_s", choices=("lolvit_s", "lolvit_x"))
             q.add_argument("--num-classes", type=int, default=None,
-                           help="object classes (no background); default: from the labels (VOC: 20)")
+                           help="object classes (no background); default: from the labels")
+            q.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
+                           help="class names in label order (VOC default: the 20 VOC classes when the XML "
+                                "names are all VOC's, else the sorted names found)")
             q.add_argument("--epochs", type=int, default=10)
             q.add_argument("--lr", type=float, default=2e-3)
             q.add_argument("--out", default="runs/ssd/last.safetensors")
@@ -122,7 +128,8 @@ def _ssd_train(a) -> int:
 
     report = ssd.train_ssd(a.images, a.labels, a.num_classes, variant=a.variant, size=a.size, epochs=a.epochs,
                            batch=a.batch, lr=a.lr, out=a.out, val_images=a.val_images, val_labels=a.val_labels,
-                           threads=a.threads, seed=a.seed, fmt=a.fmt, difficult=a.difficult)
+                           threads=a.threads, seed=a.seed, fmt=a.fmt, difficult=a.difficult,
+                           class_names=a.class_names)
     _print(report)
     return 0
 

@@ -1,15 +1,26 @@
 """LOLViT inside ultralytics YOLO (detect / segment) without forking ultralytics.
 
 ``register()`` puts :class:`LOLViTBackbone` into ``ultralytics.nn.tasks`` (where model YAMLs
-resolve module names) and wraps ``BaseModel.fuse`` so that ultralytics' own ``model.fuse()``
-also folds the LOLViT conv+BN pairs. Importing this module registers (ultralytics unpickles
-checkpoints by importing it). The shipped YAMLs (``cfg/lolvit-{s,x}-{det,seg}.yaml``) use the
+resolve module names), lets ``YOLO("lolvit-s-det.yaml")`` find the shipped YAMLs by bare name,
+puts lolvit's classes on ultralytics' safe-loading allow-list and wraps ``BaseModel.fuse`` so that
+ultralytics' own ``model.fuse()`` also folds the LOLViT conv+BN pairs. Importing this module
+registers; so does importing ultralytics in any process where lolvit is installed (the
+``lolvit-ultralytics.pth`` start-up hook, see :mod:`_lolvit_ultralytics_hook`), which is what makes
+the ``yolo`` CLI build the shipped YAMLs. The YAMLs (``cfg/lolvit-{s,x}-{det,seg}.yaml``) use the
 backbone as layer 0, whose list of maps (strides 8/16/32) is split by ultralytics' ``Index`` rows.
+
+Checkpoints (``.pt``) are loaded with ``torch.load(weights_only=True)`` by every function here:
+a file referencing anything but torch/ultralytics/lolvit model classes is refused, never run.
 """
+import contextlib
+import dataclasses
+import importlib
 import os
 import shutil
+import sys
+import threading
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
 import torch.nn as nn
 from torch import Tensor
@@ -97,11 +108,144 @@ def _fused_backbones(model: nn.Module) -> None:
             m.fuse()
 
 
+_SAFE_MODULES = ("lolvit.", "timm.layers.")
+
+
+def safe_globals(names: List[str]) -> Dict[str, Any]:
+    """The lolvit (and timm layer) classes among a checkpoint's pickled global ``names`` that may be
+    rebuilt by a ``weights_only`` load: ``nn.Module`` subclasses and lolvit's config dataclasses.
+    Functions and any other object are never allowed."""
+    allowed = {}
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        if not name.startswith(_SAFE_MODULES) or "." in attr:
+            continue
+        try:
+            obj = getattr(importlib.import_module(module), attr, None)
+        except ImportError:
+            continue
+        if not isinstance(obj, type) or obj.__module__ != module:
+            continue
+        if issubclass(obj, nn.Module) or (module.startswith("lolvit.") and dataclasses.is_dataclass(obj)):
+            allowed[name] = obj
+    return allowed
+
+
+def _allow_lolvit(weight: Union[str, Path]) -> None:
+    import torch
+
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(weight))
+    except (ValueError, RuntimeError, OSError):  # not a zip checkpoint: torch.load reports the format error
+        return
+    entries = [(obj, name) for name, obj in safe_globals(needed).items()]
+    if entries:
+        torch.serialization.add_safe_globals(entries)
+
+
+def _unsafe_names(weight: Union[str, Path]) -> List[str]:
+    """The globals of ``weight`` that neither ultralytics' nor lolvit's allow-list accepts (for messages)."""
+    import torch
+
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(str(weight))
+    except (ValueError, RuntimeError, OSError):
+        return []
+    ok = safe_globals(needed)
+    return [n for n in needed if n not in ok and not n.startswith(("torch.nn.modules.", "ultralytics.", "numpy."))
+            and n not in _SAFE_BUILTINS]
+
+
+_SAFE_BUILTINS = {"builtins.getattr", "pathlib.PosixPath", "pathlib.WindowsPath", "collections.OrderedDict"}
+_SAFE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def safe_loading() -> Iterator[None]:
+    """Within the block, ultralytics loads every ``.pt`` with ``torch.load(weights_only=True)`` against
+    its allow-list plus lolvit's classes (as ``ULTRALYTICS_SAFE_LOAD=1`` does for the whole process)."""
+    import ultralytics.nn.tasks as tasks
+
+    register()
+    with _SAFE_LOCK:
+        before = tasks.SAFE_LOAD
+        tasks.SAFE_LOAD = True
+        try:
+            yield
+        finally:
+            tasks.SAFE_LOAD = before
+
+
+def _resolve_cfg(cfg: Any) -> Any:
+    """A bare shipped name (``lolvit-s-det.yaml``) that is not a file here -> the packaged YAML."""
+    if isinstance(cfg, (str, Path)) and not Path(cfg).exists():
+        name = str(cfg)
+        stem = name[:-5] if name.endswith(".yaml") else name
+        if stem in MODEL_NAMES and "/" not in name:
+            return str(CFG_DIR / f"{stem}.yaml")
+    return cfg
+
+
+def _patch_image_open() -> None:
+    """ultralytics patches ``PIL.Image.open`` to retry unidentified files with the HEIF plugin; without
+    ``pi_heif`` installed every corrupt image is then reported as "No module named 'pi_heif'". Report
+    PIL's own reason instead (the plugin is still used when installed)."""
+    from PIL import Image
+
+    try:
+        from ultralytics.utils import patches
+    except ImportError:
+        return
+    patched = Image.open
+    if getattr(patched, "_lolvit", False) or patched is not getattr(patches, "image_open", None):
+        return
+    original = patches._image_open
+
+    def image_open(fp, *args: Any, **kwargs: Any):
+        try:
+            return patched(fp, *args, **kwargs)
+        except ImportError as e:
+            if e.name != "pi_heif":
+                raise
+            if hasattr(fp, "seek"):
+                fp.seek(0)
+            return original(fp, *args, **kwargs)  # raises PIL's UnidentifiedImageError, naming the file
+
+    image_open.__doc__, image_open._lolvit = patched.__doc__, True
+    Image.open = image_open
+
+
 def register() -> None:
-    """Expose :class:`LOLViTBackbone` to ultralytics' YAML parser and fuse. Idempotent."""
+    """Expose :class:`LOLViTBackbone` to ultralytics' YAML parser, the shipped YAMLs to ``YOLO(name)``,
+    lolvit's classes to ultralytics' safe loading, and the LOLViT conv+BN pairs to ``fuse``. Idempotent."""
     import ultralytics.nn.tasks as tasks
 
     tasks.LOLViTBackbone = LOLViTBackbone
+    _patch_image_open()
+    engine = sys.modules.get("ultralytics.engine.model")
+    if engine is None:
+        engine = importlib.import_module("ultralytics.engine.model")
+    Model = getattr(engine, "Model", None)  # None while it is still importing: the start-up hook calls again
+    if Model is not None and not getattr(Model._new, "_lolvit", False):
+        original_new = Model._new
+
+        def _new(self, cfg, *args: Any, **kwargs: Any):
+            return original_new(self, _resolve_cfg(cfg), *args, **kwargs)
+
+        _new.__doc__, _new._lolvit = original_new.__doc__, True
+        Model._new = _new
+    safe = getattr(tasks, "_SafeLoad", None)
+    if safe is not None and not getattr(safe.loading, "_lolvit", False):
+        original_loading = safe.loading
+
+        @contextlib.contextmanager
+        def loading(weight):
+            _allow_lolvit(weight)
+            with original_loading(weight):
+                yield
+
+        loading._lolvit = True
+        safe.loading = loading
     base = tasks.BaseModel
     if getattr(base.fuse, "_lolvit", False):
         return
@@ -136,12 +280,27 @@ def model_cfg(name: Union[str, Path]) -> str:
 
 
 def load_yolo(model: Union[str, Path], task: Optional[str] = None):
-    """``ultralytics.YOLO`` for a LOLViT name, an ultralytics YAML or a checkpoint, offline."""
+    """``ultralytics.YOLO`` for a LOLViT name, an ultralytics YAML or a checkpoint, offline.
+
+    A checkpoint is loaded with ``torch.load(weights_only=True)`` (:func:`safe_loading`); one that
+    references other code (a pickle payload, a foreign class) raises ValueError without running it."""
     configure_offline()
     register()
     from ultralytics import YOLO
 
-    return YOLO(model_cfg(model), task=task)
+    cfg = model_cfg(model)
+    if not str(cfg).endswith(".pt"):
+        return YOLO(cfg, task=task)
+    try:
+        with safe_loading():
+            return YOLO(cfg, task=task)
+    except (TypeError, ModuleNotFoundError, AttributeError) as e:
+        foreign = _unsafe_names(cfg)
+        if not foreign and "outside the supported" not in str(e) and not isinstance(e, ModuleNotFoundError):
+            raise
+        what = f"references {', '.join(foreign)}" if foreign else f"needs {e}"
+        raise ValueError(f"refusing to load checkpoint {str(cfg)!r}: it {what}, which is not a torch, ultralytics "
+                         f"or lolvit model class (checkpoints are loaded with torch.load(weights_only=True))") from None
 
 
 def check_data_yaml(data: Union[str, Path]) -> Dict[str, Any]:
@@ -179,22 +338,32 @@ def _common(kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _project(project: Optional[Union[str, Path]], task: str) -> str:
+    """Run folder root where the user is: a relative ``project`` (default ``runs/TASK``) is taken from the
+    working directory (ultralytics alone would put it under its ``runs_dir`` setting)."""
+    return str((Path.cwd() / (project if project is not None else Path("runs") / task)).resolve())
+
+
 def train(model: Union[str, Path], data: Union[str, Path], epochs: int = 1, imgsz: int = 640, batch: int = 16,
-          workers: int = 0, **kwargs: Any):
-    """Train with ultralytics' trainer; returns ``(YOLO, metrics)``. ``kwargs`` go to ``YOLO.train``."""
+          workers: int = 0, project: Optional[Union[str, Path]] = None, **kwargs: Any):
+    """Train with ultralytics' trainer; returns ``(YOLO, metrics)``. ``kwargs`` go to ``YOLO.train``.
+    Writes ``PROJECT/NAME/weights/{best,last}.pt`` (default ``./runs/TASK/train``)."""
     check_data_yaml(data)
     yolo = load_yolo(model)
     args = _common(dict(data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
-                        pretrained=False, amp=False, **kwargs))
+                        pretrained=False, amp=False, project=_project(project, yolo.task), **kwargs))
     metrics = yolo.train(**args)
     return yolo, metrics
 
 
-def val(model: Union[str, Path], data: Union[str, Path], imgsz: int = 640, batch: int = 16, **kwargs: Any):
-    """ultralytics' validator; returns its metrics object (``.box.map`` = mAP50-95)."""
+def val(model: Union[str, Path], data: Union[str, Path], imgsz: int = 640, batch: int = 16,
+        project: Optional[Union[str, Path]] = None, **kwargs: Any):
+    """ultralytics' validator; returns its metrics object (``.box.map`` = mAP50-95).
+    Writes under ``PROJECT/NAME`` (default ``./runs/TASK/val``)."""
     check_data_yaml(data)
     yolo = load_yolo(model)
-    return yolo.val(**_common(dict(data=str(data), imgsz=imgsz, batch=batch, plots=False, **kwargs)))
+    return yolo.val(**_common(dict(data=str(data), imgsz=imgsz, batch=batch, plots=False,
+                                   project=_project(project, yolo.task), **kwargs)))
 
 
 def predict(model: Union[str, Path], source: Union[str, Path], imgsz: int = 640, conf: float = 0.25,

@@ -2,6 +2,7 @@
 (BDD100K layout, optional YOLO boxes). Broken samples are skipped at scan time with a count and one
 warning, never mid-epoch."""
 import json
+import math
 import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter
@@ -14,8 +15,8 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["DetectionDataset", "RoadSegDataset", "detection_collate", "road_collate", "IMAGE_SUFFIXES",
-           "VOC_CLASSES"]
+__all__ = ["DetectionDataset", "RoadSegDataset", "ScanStats", "detection_collate", "road_collate",
+           "voc_class_names", "IMAGE_SUFFIXES", "VOC_CLASSES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 PathLike = Union[str, Path]
@@ -26,29 +27,48 @@ VOC_CLASSES = (
 )
 
 
-def _decodes(path: Path) -> Optional[Tuple[int, int]]:
-    """(width, height) of an image that fully decodes, else None. Any decoder failure counts as
-    undecodable (PIL raises OSError/SyntaxError/ValueError; patched openers, e.g. ultralytics'
-    HEIF fallback, may raise ImportError)."""
+def _decodes(path: Path, stats: Optional[Counter] = None,
+             kind: str = "undecodable_images") -> Optional[Tuple[int, int]]:
+    """(width, height) of an image that fully decodes, else None (counted in ``stats`` as ``kind``
+    with the decoder's reason). Any decoder failure counts as undecodable (PIL raises
+    OSError/SyntaxError/ValueError; patched openers, e.g. ultralytics' HEIF fallback, ImportError)."""
     try:
         with Image.open(path) as im:
             im.load()
             return im.size
-    except Exception:
+    except Exception as e:
+        if stats is not None:
+            _skip(stats, kind, f"{path}: {e}")
         return None
 
 
-def _parse_yolo_line(parts: List[str], num_classes: Optional[int], stats: Counter):
+class ScanStats(Counter):
+    """Counts of kept and skipped items; ``first`` holds, per skip kind, where it first happened
+    (``file:line``), so that the warning names a place to look."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first: Dict[str, str] = {}
+
+    def skip(self, kind: str, where: Any) -> None:
+        self[kind] += 1
+        self.first.setdefault(kind, str(where))
+
+
+def _parse_yolo_line(parts: List[str], num_classes: Optional[int], stats: Counter, where: str = "?"):
     """``cls cx cy w h`` or ``cls x1 y1 x2 y2 ...`` (normalised) -> (cls, normalised xyxy) or None
-    (counted in ``stats`` as a malformed line or a box outside the image)."""
+    (counted in ``stats`` as a malformed line, a NaN/inf value or a box outside the image)."""
     try:
         values = [float(v) for v in parts]
     except ValueError:
-        stats["malformed_label_lines"] += 1
+        _skip(stats, "malformed_label_lines", where)
+        return None
+    if not all(math.isfinite(v) for v in values):
+        _skip(stats, "non_finite_values", where)
         return None
     if len(values) < 5 or (len(values) > 5 and len(values) % 2 == 0) or values[0] != int(values[0]) \
             or values[0] < 0 or (num_classes is not None and values[0] >= num_classes):
-        stats["malformed_label_lines"] += 1
+        _skip(stats, "malformed_label_lines", where)
         return None
     cls = int(values[0])
     if len(values) == 5:
@@ -58,40 +78,53 @@ def _parse_yolo_line(parts: List[str], num_classes: Optional[int], stats: Counte
         xy = np.asarray(values[1:]).reshape(-1, 2)
         box = [xy[:, 0].min(), xy[:, 1].min(), xy[:, 0].max(), xy[:, 1].max()]
     if min(box) < -_TOL or max(box) > 1 + _TOL or box[2] <= box[0] or box[3] <= box[1]:
-        stats["boxes_outside_image"] += 1
+        _skip(stats, "boxes_outside_image", where)
         return None
     return cls, [min(max(v, 0.0), 1.0) for v in box]
+
+
+def _skip(stats: Counter, kind: str, where: Any) -> None:
+    if isinstance(stats, ScanStats):
+        stats.skip(kind, where)
+    else:
+        stats[kind] += 1
 
 
 def _read_yolo_file(label: Path, num_classes: Optional[int], stats: Counter) -> List[Tuple[int, List[float]]]:
     """All valid (cls, normalised xyxy) of one YOLO txt file; missing / empty files are counted."""
     if not label.is_file():
-        stats["missing_label_files"] += 1
+        _skip(stats, "missing_label_files", label)
         return []
-    lines = [ln.split() for ln in label.read_text().splitlines() if ln.strip()]
+    lines = [(i, ln.split()) for i, ln in enumerate(label.read_text().splitlines(), 1) if ln.strip()]
     if not lines:
         stats["empty_label_files"] += 1
-    return [r for r in (_parse_yolo_line(parts, num_classes, stats) for parts in lines) if r is not None]
+    rows = (_parse_yolo_line(parts, num_classes, stats, f"{label}:{i}") for i, parts in lines)
+    return [r for r in rows if r is not None]
 
 
 def _warn(kind: str, root: Path, counts: Counter) -> None:
     bad = {k: v for k, v in counts.items() if v and k not in ("images", "boxes", "background")}
+    first = getattr(counts, "first", {})
     if bad:
-        warnings.warn(f"{kind} {root}: skipped " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in bad.items()),
-                      stacklevel=3)
+        warnings.warn(f"{kind} {root}: skipped " + ", ".join(
+            f"{v} {k.replace('_', ' ')}" + (f" (first: {first[k]})" if k in first else "") for k, v in bad.items()),
+            stacklevel=3)
 
 
 class DetectionDataset(Dataset):
     """Images + boxes from a YOLO txt folder (``cls cx cy w h`` normalised, or polygons), a COCO
     json file, or (``fmt="voc"``) a Pascal VOC root: then ``images`` is the root holding
     ``JPEGImages/``, ``Annotations/*.xml`` and ``ImageSets/Main/{split}.txt`` and ``labels`` is the
-    split name; classes are ``class_names`` (default the 20 VOC classes) and ``difficult`` objects
+    split name; classes are ``class_names`` (default: the 20 VOC classes when every name in the
+    split's XML files is one of them, else the sorted names found) and ``difficult`` objects
     are skipped (``"skip"``) or kept (``"keep"``: trained on, ignored by the COCO evaluation).
     Item: ``(image (3, H, W) float in [0, 1], {"boxes": (N, 4) xyxy pixels,
     "labels": (N,) int64 in 1..K (0 is background), "image_id": int})``.
 
-    ``stats`` counts what was kept and skipped: undecodable images, malformed label lines (or XML
-    files), boxes outside the image, missing label files, empty label files (background)."""
+    ``stats`` (:class:`ScanStats`) counts what was kept and skipped: undecodable images (with the
+    decoder's reason), malformed label lines (or XML files), NaN/inf values, boxes outside the image,
+    missing label files, empty label files (background); ``stats.first`` names the first file (and
+    line) of each kind, and so does the one warning."""
 
     def __init__(self, images: PathLike, labels: PathLike, num_classes: Optional[int] = None,
                  class_names: Optional[Sequence[str]] = None, fmt: str = "auto", difficult: str = "skip"):
@@ -99,17 +132,14 @@ class DetectionDataset(Dataset):
             raise ValueError(f"fmt must be 'auto' (YOLO txt / COCO json) or 'voc', got {fmt!r}")
         if difficult not in ("skip", "keep"):
             raise ValueError(f"difficult must be 'skip' or 'keep', got {difficult!r}")
-        self.stats: Counter = Counter()
+        self.stats: Counter = ScanStats()
         self.samples: List[Dict[str, Any]] = []
         if fmt == "voc":
             root = Path(images)
             self.images_dir = root / "JPEGImages"
             if not self.images_dir.is_dir() or not (root / "Annotations").is_dir():
                 raise FileNotFoundError(f"VOC root {str(images)!r} needs JPEGImages/ and Annotations/ folders")
-            names = list(class_names) if class_names is not None else list(VOC_CLASSES)
-            if num_classes is not None and num_classes != len(names):
-                raise ValueError(f"num_classes={num_classes} but {len(names)} VOC class names are given")
-            self._scan_voc(root, str(labels), names, difficult)
+            self._scan_voc(root, str(labels), class_names, num_classes, difficult)
         else:
             self.images_dir, labels = Path(images), Path(labels)
             if not self.images_dir.is_dir():
@@ -131,9 +161,8 @@ class DetectionDataset(Dataset):
         files = sorted(p for p in self.images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         top = -1
         for path in files:
-            size = _decodes(path)
+            size = _decodes(path, self.stats)
             if size is None:
-                self.stats["undecodable_images"] += 1
                 continue
             w, h = size
             boxes, classes = [], []
@@ -146,40 +175,53 @@ class DetectionDataset(Dataset):
         self.class_names = [str(i) for i in range(max(n, 1))]
         self.category_ids = list(range(len(self.class_names)))
 
-    def _scan_voc(self, root: Path, split: str, class_names: Sequence[str], difficult: str) -> None:
+    def _scan_voc(self, root: Path, split: str, class_names: Optional[Sequence[str]], num_classes: Optional[int],
+                  difficult: str) -> None:
         ids_file = root / "ImageSets" / "Main" / f"{split}.txt"
         if not ids_file.is_file():
             raise FileNotFoundError(f"VOC split file {str(ids_file)!r} does not exist")
-        self.class_names = [str(c) for c in class_names]
-        self.category_ids = list(range(len(self.class_names)))
-        index = {c: i for i, c in enumerate(self.class_names)}
+        parsed = []  # (stem, image, size, objects or None)
         for stem in (ln.split()[0] for ln in ids_file.read_text().splitlines() if ln.strip()):
             xml, img = root / "Annotations" / f"{stem}.xml", self.images_dir / f"{stem}.jpg"
-            size = _decodes(img) if img.is_file() else None
+            if not img.is_file():
+                self.stats.skip("missing_images", img)
+                continue
+            size = _decodes(img, self.stats)
             if size is None:
-                self.stats["undecodable_images" if img.is_file() else "missing_images"] += 1
                 continue
             if not xml.is_file():
-                self.stats["missing_label_files"] += 1
+                self.stats.skip("missing_label_files", xml)
                 continue
             try:
                 objects = ET.parse(xml).getroot().findall("object")
-            except ET.ParseError:
-                self.stats["malformed_xml_files"] += 1
+            except ET.ParseError as e:
+                self.stats.skip("malformed_xml_files", f"{xml} ({e})")
                 continue
-            w, h = size
+            parsed.append((xml, img, size, objects))
+        names = list(class_names) if class_names is not None else voc_class_names(
+            [o for *_, objects in parsed for o in objects])
+        if num_classes is not None and num_classes != len(names):
+            raise ValueError(f"num_classes={num_classes} but the VOC class names are {len(names)}: {names}")
+        self.class_names = [str(c) for c in names]
+        self.category_ids = list(range(len(self.class_names)))
+        index = {c: i for i, c in enumerate(self.class_names)}
+        for xml, img, (w, h), objects in parsed:
             boxes, classes, hard = [], [], []
-            for obj in objects:
+            for k, obj in enumerate(objects, 1):
+                where = f"{xml} (object {k})"
                 name = (obj.findtext("name") or "").strip()
                 try:
                     is_hard = int(obj.findtext("difficult") or 0) == 1
                     bb = obj.find("bndbox")
-                    x0, y0, x1, y1 = (float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax"))
+                    x0, y0, x1, y1 = (float(bb.findtext(c)) for c in ("xmin", "ymin", "xmax", "ymax"))
                 except (AttributeError, TypeError, ValueError):
-                    self.stats["malformed_label_lines"] += 1
+                    self.stats.skip("malformed_label_lines", where)
+                    continue
+                if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+                    self.stats.skip("non_finite_values", where)
                     continue
                 if name not in index:
-                    self.stats["unknown_classes"] += 1
+                    self.stats.skip("unknown_classes", f"{where}: {name!r}")
                     continue
                 if is_hard and difficult == "skip":
                     self.stats["difficult_skipped"] += 1
@@ -187,7 +229,7 @@ class DetectionDataset(Dataset):
                 x0, y0 = x0 - 1, y0 - 1  # VOC pixel indices are 1-based and inclusive
                 if x0 < -_TOL * w or y0 < -_TOL * h or x1 > (1 + _TOL) * w or y1 > (1 + _TOL) * h \
                         or x1 <= x0 or y1 <= y0:
-                    self.stats["boxes_outside_image"] += 1
+                    self.stats.skip("boxes_outside_image", where)
                     continue
                 boxes.append([max(x0, 0.0), max(y0, 0.0), min(x1, w), min(y1, h)])
                 classes.append(index[name])
@@ -209,24 +251,30 @@ class DetectionDataset(Dataset):
             by_image.setdefault(a.get("image_id"), []).append(a)
         for info in images:
             img_path = self.images_dir / str(info.get("file_name", ""))
-            size = _decodes(img_path) if img_path.is_file() else None
+            if not img_path.is_file():
+                self.stats.skip("missing_images", img_path)
+                continue
+            size = _decodes(img_path, self.stats)
             if size is None:
-                self.stats["undecodable_images" if img_path.is_file() else "missing_images"] += 1
                 continue
             w, h = size
             boxes, classes = [], []
             for a in by_image.get(info.get("id"), []):
+                where = f"{path} (annotation id {a.get('id')})"
                 try:
                     x, y, bw, bh = (float(v) for v in a["bbox"])
                     cls = index[a["category_id"]]
                 except (KeyError, ValueError, TypeError):
-                    self.stats["malformed_label_lines"] += 1
+                    self.stats.skip("malformed_label_lines", where)
+                    continue
+                if not all(math.isfinite(v) for v in (x, y, bw, bh)):
+                    self.stats.skip("non_finite_values", where)
                     continue
                 if a.get("iscrowd", 0):
                     continue
                 if x < -_TOL * w or y < -_TOL * h or x + bw > (1 + _TOL) * w or y + bh > (1 + _TOL) * h \
                         or bw <= 0 or bh <= 0:
-                    self.stats["boxes_outside_image"] += 1
+                    self.stats.skip("boxes_outside_image", where)
                     continue
                 boxes.append([max(x, 0.0), max(y, 0.0), min(x + bw, w), min(y + bh, h)])
                 classes.append(cls)
@@ -268,6 +316,15 @@ class DetectionDataset(Dataset):
         return {"images": images, "annotations": anns, "categories": cats}
 
 
+def voc_class_names(objects: Sequence[ET.Element]) -> List[str]:
+    """Class names for VOC ``<object>`` elements: the 20 VOC classes in the usual order when every
+    name is one of them, else the sorted names found (custom VOC-format data)."""
+    found = {(o.findtext("name") or "").strip() for o in objects} - {""}
+    if found <= set(VOC_CLASSES):
+        return list(VOC_CLASSES)
+    return sorted(found)
+
+
 def detection_collate(batch):
     images, targets = zip(*batch)
     return list(images), list(targets)
@@ -296,7 +353,7 @@ class RoadSegDataset(Dataset):
             raise ValueError(f"size must be (H, W) with both >= 32, got {size}")
         self.size = (int(size[0]), int(size[1]))
         self.drivable_ids = None if drivable_ids is None else list(drivable_ids)
-        self.stats: Counter = Counter()
+        self.stats: Counter = ScanStats()
         self.samples: List[Tuple[Path, Path, Path]] = []
         self.boxes: List[np.ndarray] = []
         self.with_boxes = bool(boxes)
@@ -307,13 +364,11 @@ class RoadSegDataset(Dataset):
             da = self._mask_path("da_seg_annotations", split, path.stem)
             ll = self._mask_path("ll_seg_annotations", split, path.stem)
             if da is None or ll is None:
-                self.stats["missing_masks"] += 1
+                self.stats.skip("missing_masks", path)
                 continue
-            if _decodes(path) is None:
-                self.stats["undecodable_images"] += 1
+            if _decodes(path, self.stats) is None:
                 continue
-            if _decodes(da) is None or _decodes(ll) is None:
-                self.stats["undecodable_masks"] += 1
+            if any(_decodes(m, self.stats, "undecodable_masks") is None for m in (da, ll)):
                 continue
             self.stats["images"] += 1
             self.samples.append((path, da, ll))

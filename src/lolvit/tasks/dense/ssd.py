@@ -24,7 +24,7 @@ from .checkpoint import read_spec_checkpoint, save_spec_checkpoint
 from .coco import coco_bbox_stats
 from .datasets import DetectionDataset, detection_collate
 
-__all__ = ["LOLViTSSDBackbone", "build_ssd", "train_ssd", "evaluate_ssd", "save_ssd", "load_ssd"]
+__all__ = ["LOLViTSSDBackbone", "NoSingletonBatches", "build_ssd", "train_ssd", "evaluate_ssd", "save_ssd", "load_ssd"]
 
 PathLike = Union[str, Path]
 EXTRA_CHANNELS = (256, 128, 128, 64)
@@ -107,24 +107,54 @@ def _flip(image: Tensor, target: Dict[str, Any]) -> None:
     target["boxes"] = torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1) if len(b) else b
 
 
+class NoSingletonBatches(torch.utils.data.Sampler):
+    """Shuffled batches of ``batch`` indices in which no batch holds a single image: a last batch of
+    one joins the one before (SSD's BatchNorm layers at 1x1 resolution cannot train on one image)."""
+
+    def __init__(self, n: int, batch: int, generator: torch.Generator):
+        if batch < 2 or n < 2:
+            raise ValueError(f"SSD training needs batches of >= 2 images (BatchNorm at 1x1 maps): "
+                             f"got --batch {batch} and {n} training image(s)")
+        self.n, self.batch, self.generator = n, batch, generator
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=self.generator).tolist()
+        batches = [order[i:i + self.batch] for i in range(0, self.n, self.batch)]
+        if len(batches[-1]) == 1:
+            batches[-2].extend(batches.pop())
+        return iter(batches)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch)
+        return full + (rest > 1)
+
+
 def train_ssd(images: PathLike, labels: PathLike, num_classes: Optional[int], variant: str = "lolvit_s",
               size: int = 320, epochs: int = 10, batch: int = 16, lr: float = 2e-3, weight_decay: float = 0.01,
               out: Optional[PathLike] = None, val_images: Optional[PathLike] = None,
               val_labels: Optional[PathLike] = None, threads: int = 2, seed: int = 0, fmt: str = "auto",
-              difficult: str = "skip") -> Dict[str, Any]:
+              difficult: str = "skip", class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Train with AdamW + cosine schedule + horizontal flips; multibox loss (smooth-L1 + CE with 3:1
-    hard negatives, torchvision's). ``fmt``/``difficult`` as in :class:`DetectionDataset` (``"voc"``:
-    ``images`` is the VOC root, ``labels`` the split name); ``num_classes=None`` takes the loader's.
+    hard negatives, torchvision's). ``fmt``/``difficult``/``class_names`` as in :class:`DetectionDataset`
+    (``"voc"``: ``images`` is the VOC root, ``labels`` the split name, class names from the data unless
+    given); ``num_classes=None`` takes the loader's. The validation data is read with the training
+    class names. Raises ValueError when the training data holds no object.
     Returns a report (losses, time, COCO metrics when val data given)."""
     if epochs < 1 or batch < 1:
         raise ValueError(f"epochs and batch must be >= 1, got {epochs}, {batch}")
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     random.seed(seed)
-    data = DetectionDataset(images, labels, num_classes=num_classes, fmt=fmt, difficult=difficult)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, collate_fn=detection_collate,
-                                         generator=torch.Generator().manual_seed(seed))
+    data = DetectionDataset(images, labels, num_classes=num_classes, class_names=class_names, fmt=fmt,
+                            difficult=difficult)
+    if data.stats["boxes"] == 0:
+        skipped = {k: v for k, v in data.stats.items() if k not in ("images", "boxes", "background")}
+        raise ValueError(f"no objects to train on in {str(images)!r} (labels {str(labels)!r}; classes "
+                         f"{data.class_names}): {len(data)} images, skipped {skipped or 'nothing'}")
+    loader = torch.utils.data.DataLoader(data, batch_sampler=NoSingletonBatches(len(data), batch,
+                                         torch.Generator().manual_seed(seed)), collate_fn=detection_collate)
     model = build_ssd(data.num_classes if num_classes is None else num_classes, variant, size)
+    model.class_names = list(data.class_names)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
@@ -162,10 +192,13 @@ def train_ssd(images: PathLike, labels: PathLike, num_classes: Optional[int], va
 def evaluate_ssd(model: nn.Module, images: PathLike, labels: PathLike, batch: int = 16, threads: int = 2,
                  fmt: str = "auto", difficult: str = "skip") -> Dict[str, float]:
     """COCO bbox metrics with pycocotools: mAP50-95, mAP50, mAP75 and images/s of the whole model.
-    ``fmt``/``difficult`` as in :class:`DetectionDataset`."""
+    ``fmt``/``difficult`` as in :class:`DetectionDataset`; VOC data is read with the model's class names."""
     torch.set_num_threads(threads)
-    data = DetectionDataset(images, labels, num_classes=model.lolvit_spec["num_classes"], fmt=fmt,
-                            difficult=difficult)
+    names = getattr(model, "class_names", None) or None
+    if fmt != "voc" or (names is not None and len(names) != model.lolvit_spec["num_classes"]):
+        names = None
+    data = DetectionDataset(images, labels, num_classes=model.lolvit_spec["num_classes"], class_names=names,
+                            fmt=fmt, difficult=difficult)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=detection_collate)
     model.eval()
     dets: List[Dict[str, Any]] = []
