@@ -1,6 +1,7 @@
 """LOLViT-YOLO detectors at the paper's budget (Tables 5/7, issue 9): FLOPs at 640 px, parameters,
 one training step, ultralytics' fuse() and ONNX export; and the code path of ``lolvit bench detect``."""
 import copy
+import importlib.util
 import json
 
 import pytest
@@ -88,11 +89,16 @@ def test_train_step_fuse_and_onnx(name, tmp_path):
 
 def test_bench_detect_code_path(tmp_path):
     result = run_bench("detect", quick=True, threads=1, out=str(tmp_path),
-                       models=("lolvit-s-det", "yolov8n"), backends=("eager", "onnxruntime"), sizes=(64,),
+                       models=("lolvit-s-det", "lolvit-s-det:backbone", "yolov8n"), backends=("eager", "onnxruntime"),
+                       sizes=(64,),
                        warmup=0, repeats=1, budget_s=0.0)
     rows = result["payload"]["rows"]
     got = {(r["model"], r["backend"]) for r in rows}
-    assert ("lolvit-s-det", "eager") in got and ("yolov8n", "eager") in got
+    assert {("lolvit-s-det", "eager"), ("lolvit-s-det:backbone", "eager"), ("yolov8n", "eager")} <= got
+    if importlib.util.find_spec("onnxruntime"):
+        assert ("lolvit-s-det", "onnxruntime") in got and ("lolvit-s-det:backbone", "onnxruntime") in got
+    params = {r["model"]: r["params"] for r in rows}
+    assert params["lolvit-s-det:backbone"] < params["lolvit-s-det"]
     ref = next(r for r in rows if r["model"] == "yolov8n" and r["backend"] == "eager")
     assert ref["vs_ref"] == 1.0 and ref["gflops"] > 0
     saved = json.loads((tmp_path / "detect.json").read_text())
@@ -100,5 +106,7 @@ def test_bench_detect_code_path(tmp_path):
     assert (tmp_path / "detect.png").stat().st_size > 0 and "| lolvit-s-det |" in (tmp_path / "detect.md").read_text()
     with pytest.raises(ValueError, match="backend"):
         run_bench("detect", quick=True, out=str(tmp_path / "bad"), backends=("tensorrt",))
+    with pytest.raises(ValueError, match="backbone"):
+        run_bench("detect", quick=True, out=str(tmp_path / "bad"), models=("yolov8n:backbone",))
     with pytest.raises(ValueError, match="multiples of 32"):
         run_bench("detect", quick=True, out=str(tmp_path / "bad"), sizes=(50,))

@@ -9,6 +9,7 @@ backend at the same size.
 """
 import copy
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -17,10 +18,13 @@ import torch
 import torch.nn as nn
 
 from ..tasks.summary import count_flops, count_params
+from .models import export_onnx as export_plain_onnx
 from .report import header, machine_info, markdown_table, write_report
 from .timing import median, time_interleaved
 
 MODELS = ("lolvit-s-det", "lolvit-x-det", "yolov8n", "yolo11n")
+# '<lolvit detector>:backbone' rows time layer 0 alone (LOLViTBackbone): what no neck or head can win back
+BACKBONE_ROWS = ("lolvit-s-det:backbone", "lolvit-x-det:backbone")
 BACKENDS = ("eager", "onnxruntime", "openvino")
 REFERENCE = "yolov8n"
 # Paper budget (Tables 5/7): GFLOPs at 640 px with 80 classes, parameters with 20 classes (VOC).
@@ -31,15 +35,16 @@ TARGETS = {
     ("lolvit-x-det", "eager"): 2.6, ("lolvit-x-det", "openvino"): 2.0,
 }
 PARAM_CLASSES = 20
-FULL = dict(models=MODELS, backends=BACKENDS, sizes=(320, 640), warmup=3, repeats=15, budget_s=60.0)
+FULL = dict(models=MODELS + BACKBONE_ROWS, backends=BACKENDS, sizes=(320, 640), warmup=3, repeats=15, budget_s=60.0)
 QUICK = dict(models=MODELS, backends=BACKENDS, sizes=(64,), warmup=1, repeats=3, budget_s=1.0)
 
 
 def model_yaml(name: str) -> str:
-    """A shipped LOLViT YAML path for ``lolvit-*`` names, ``<name>.yaml`` (ultralytics' own) otherwise."""
+    """A shipped LOLViT YAML for ``lolvit-*`` names, a ``.yaml`` path as given, ``<name>.yaml``
+    (ultralytics' own, e.g. ``yolov8n``) otherwise."""
     from ..integrations.ultralytics import model_cfg
 
-    return model_cfg(name if name.startswith("lolvit-") else f"{name}.yaml")
+    return model_cfg(name if name.startswith("lolvit-") or name.endswith(".yaml") else f"{name}.yaml")
 
 
 def build_detector(name: str, nc: int = 80) -> nn.Module:
@@ -55,6 +60,15 @@ def build_detector(name: str, nc: int = 80) -> nn.Module:
     model = (SegmentationModel if segment else DetectionModel)(cfg, nc=nc, verbose=False).eval()
     model.task = "segment" if segment else "detect"  # what ultralytics.YOLO sets; its exporter reads it
     return model
+
+
+def build_bench_model(name: str, nc: int = 80) -> nn.Module:
+    """:func:`build_detector`, or for ``<lolvit YAML>:backbone`` its layer 0 (the LOLViT backbone)."""
+    base, sep, part = name.partition(":")
+    if sep and (part != "backbone" or not base.startswith("lolvit-")):
+        raise ValueError(f"model {name!r}: only '<lolvit YAML name>:backbone' selects a part, e.g. 'lolvit-s-det:backbone'")
+    model = build_detector(base, nc)
+    return model.model[0].eval() if sep else model
 
 
 def detector_gflops(model: nn.Module, size: int) -> float:
@@ -85,8 +99,19 @@ def export_onnx(model: nn.Module, folder: str, name: str, size: int) -> str:
         LOGGER.setLevel(level)
 
 
+def _file_stem(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+
+
+def _is_backbone(model: nn.Module) -> bool:
+    from ..integrations.ultralytics import LOLViTBackbone
+
+    return isinstance(model, LOLViTBackbone)
+
+
 def _eager_runner(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    fused = copy.deepcopy(model).eval().fuse(verbose=False)
+    fused = copy.deepcopy(model).eval()
+    fused = fused.fuse() if _is_backbone(fused) else fused.fuse(verbose=False)
 
     def fn():
         with torch.inference_mode():
@@ -133,7 +158,10 @@ def _runners(name: str, model: nn.Module, backends: Sequence[str], size: int, th
                 continue
             make = _ort_runner if backend == "onnxruntime" else _openvino_runner
             __import__(backend)
-            onnx_path = onnx_path or export_onnx(model, tmp, name, size)
+            if onnx_path is None and _is_backbone(model):
+                fused = copy.deepcopy(model).eval().fuse()
+                onnx_path = export_plain_onnx(fused, os.path.join(tmp, f"{_file_stem(name)}_{size}.onnx"), size)
+            onnx_path = onnx_path or export_onnx(model, tmp, _file_stem(name), size)
             runners[backend] = make(onnx_path, x, threads)
         except ImportError as e:
             skipped[backend] = f"not installed: {e}"
@@ -163,8 +191,8 @@ def run(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     machine = machine_info(threads)
-    built = {name: build_detector(name) for name in models}
-    info = {name: dict(params=count_params(m), params_20=count_params(build_detector(name, PARAM_CLASSES)))
+    built = {name: build_bench_model(name) for name in models}
+    info = {name: dict(params=count_params(m), params_20=count_params(build_bench_model(name, PARAM_CLASSES)))
             for name, m in built.items()}
     rows: List[Dict[str, Any]] = []
     skipped_all: Dict[str, str] = {}
@@ -220,7 +248,8 @@ def report(payload: Dict[str, Any], out_dir: str, command: str = "lolvit bench d
     md += ("\nfp32, batch 1, models built from their YAMLs (80 classes, no weights). 'eager' = ultralytics' "
            "`fuse()` then the forward (the path of `yolo predict`); onnxruntime/openvino (f32 precision hint) run "
            "the ONNX file of ultralytics' exporter (`yolo export format=onnx`, opset chosen by ultralytics, "
-           "static shape). All rows of one size are timed interleaved; 'x yolov8n' = median / median of "
+           "static shape). ':backbone' rows run layer 0 of that detector alone (the LOLViT backbone, conv+BN "
+           "folded; ONNX by torch.onnx, opset 17). All rows of one size are timed interleaved; 'x yolov8n' = median / median of "
            "yolov8n on the same backend and size ('(min)': fastest samples). 'target' = issue 9's ratio at "
            "640 px. GFLOPs by torch.utils.flop_counter at that size, 2 per multiply-add.\n\n")
     md += markdown_table(rows, COLUMNS)
