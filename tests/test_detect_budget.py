@@ -9,9 +9,9 @@ import torch
 
 pytest.importorskip("ultralytics")
 
-from lolvit.bench.detect import build_detector, detector_gflops, export_onnx  # noqa: E402
+from lolvit.bench.detect import build_detector, export_onnx  # noqa: E402
 from lolvit.bench.runner import run_bench  # noqa: E402
-from lolvit.tasks.summary import count_params  # noqa: E402
+from lolvit.tasks.summary import count_flops, count_params  # noqa: E402
 
 # name -> (GFLOPs at 640 px with 80 classes, paper parameters with 20 classes or None)
 BUDGET = {
@@ -27,10 +27,12 @@ IMGSZ = 64
 def test_flops_and_params_at_paper_budget(name):
     gflops_budget, paper_params = BUDGET[name]
     model = build_detector(name)
-    gflops = detector_gflops(model, 640)
+    total, per_module = count_flops(model, (640, 640))
+    gflops = total / 1e9
     assert gflops <= gflops_budget, f"{name}: {gflops:.2f} GFLOPs at 640 px > {gflops_budget}"
-    backbone = detector_gflops(model.model[0], 640)
-    assert backbone < gflops  # the count covers the neck and head, not only the backbone
+    root = type(model).__name__
+    head = per_module[f"{root}.model.{len(model.model) - 1}"]
+    assert 0 < per_module[f"{root}.model.0"] < total and head > 0  # backbone, neck and head all counted
     if paper_params is not None:
         params = count_params(build_detector(name, nc=20))
         assert abs(params - paper_params) <= 0.05 * paper_params, f"{name}: {params} parameters (20 classes)"
