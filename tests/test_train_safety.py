@@ -173,3 +173,18 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_damaged_training_state_is_refused_by_checksum(tmp_path):
+    """A flipped bit in the saved optimizer/model tensors must not resume silently (issue 12 #10)."""
+    out = tmp_path / "r"
+    train(TrainConfig(**{**TINY, "epochs": 1, "out": str(out)}))
+    read_train_state(out)
+    path = out / "state.safetensors"
+    blob = bytearray(path.read_bytes())
+    blob[-3] ^= 0x10  # inside the last tensor's bytes (the header is at the front)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        read_train_state(out)
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        train(TrainConfig(**{**TINY, "epochs": 2, "out": str(out), "resume": True}))

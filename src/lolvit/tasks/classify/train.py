@@ -727,26 +727,28 @@ def write_train_state(out: Path, tensors: Dict[str, torch.Tensor], state: Dict[s
     """``out/state.safetensors``: tensors plus the JSON state in its metadata, atomically."""
     from safetensors.torch import save
 
-    meta = {"format": STATE_FORMAT, "version": str(STATE_VERSION), "state": json.dumps(state)}
-    blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, metadata=meta)
-    atomic_write_bytes(Path(out) / STATE_FILE, blob)
+    from ...io import tensor_checksum
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {"format": STATE_FORMAT, "version": str(STATE_VERSION), "state": json.dumps(state),
+            "sha256": tensor_checksum(tensors)}
+    atomic_write_bytes(Path(out) / STATE_FILE, save(tensors, metadata=meta))
 
 
 def read_train_state(out: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """(tensors, state) of the run in ``out``; FileNotFoundError/ValueError name what is wrong."""
-    from safetensors import safe_open
+    """(tensors, state) of the run in ``out``, its checksum verified; FileNotFoundError/ValueError
+    name what is wrong."""
+    from ...io import read_safetensors
 
     path = Path(out) / STATE_FILE
     if not path.is_file():
         raise FileNotFoundError(f"--resume: no training state to resume in {out} (expected {path})")
+    tensors, meta = read_safetensors(path)
     try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
         if meta.get("format") != STATE_FORMAT or meta.get("version") != str(STATE_VERSION):
             raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
         state = json.loads(meta["state"])
-    except Exception as e:  # safetensors raises its own error types for damaged files
+    except (ValueError, KeyError) as e:
         raise ValueError(f"{path} is not a readable lolvit training state ({type(e).__name__}: {e})") from None
     return tensors, state
 
