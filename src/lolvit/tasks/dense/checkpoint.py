@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ...io import atomic_write_bytes, atomic_write_json
+from ...io import atomic_write_bytes, atomic_write_json, checkpoint_paths
 
 PathLike = Union[str, Path]
 
@@ -16,19 +16,18 @@ def save_spec_checkpoint(model: nn.Module, path: PathLike, fmt: str, spec: Dict[
                          class_names: Optional[Sequence[str]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
     from safetensors.torch import save
 
-    path = Path(path).with_suffix(".safetensors")
+    path, meta_path = checkpoint_paths(path)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, save(state))
-    atomic_write_json(path.with_suffix(".json"), {"format": fmt, "spec": spec,
-                                                  "class_names": list(class_names or []), "extra": extra or {}})
+    atomic_write_json(meta_path, {"format": fmt, "spec": spec,
+                                  "class_names": list(class_names or []), "extra": extra or {}})
     return path
 
 
 def read_spec_checkpoint(path: PathLike, fmt: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     from safetensors.torch import load_file
 
-    path = Path(path).with_suffix(".safetensors")
-    meta_path = path.with_suffix(".json")
+    path, meta_path = checkpoint_paths(path)
     if not path.is_file() or not meta_path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} (with its .json) not found")
     meta = json.loads(meta_path.read_text())
