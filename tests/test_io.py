@@ -253,3 +253,12 @@ def test_pt_files_read_weights_only(tmp_path):
 
 def test_top_level_api():
     assert callable(lolvit.save_checkpoint) and callable(lolvit.load_checkpoint) and callable(lolvit.fuse)
+
+
+def test_dense_checkpoint_names_with_dots_stay_distinct(tmp_path):
+    from lolvit.tasks.dense.checkpoint import read_spec_checkpoint, save_spec_checkpoint
+
+    save_spec_checkpoint(torch.nn.Linear(2, 1), tmp_path / "m.v1", "fmt", {"n": 1})
+    save_spec_checkpoint(torch.nn.Linear(2, 3), tmp_path / "m.v2.safetensors", "fmt", {"n": 2})
+    assert read_spec_checkpoint(tmp_path / "m.v1", "fmt")[1]["spec"] == {"n": 1}
+    assert read_spec_checkpoint(tmp_path / "m.v2", "fmt")[0]["weight"].shape == (3, 2)

@@ -2,11 +2,10 @@
 import numpy as np
 import pytest
 import timm
-import torch
 from PIL import Image
 
 from lolvit.cli import main
-from lolvit.io import save_checkpoint
+from lolvit.io import load_checkpoint, save_checkpoint
 from lolvit.tasks.classify import TrainConfig, train, validate
 from lolvit.tasks.classify.data import ImageFolderDataset
 from lolvit.tasks.image import ImageReadError, limit_aspect, list_images, read_image
@@ -45,7 +44,7 @@ def test_predict_agrees_with_val(trained, capsys):
     ck = trained / "run" / "best"
     report = validate(str(ck), str(trained / "data"), latency_images=1, threads=1)
     assert report["data_config"]["input_size"] == (3, 32, 32) and report["data_config"]["crop_pct"] == 0.75
-    model = __import__("lolvit").load_checkpoint(ck)
+    model = load_checkpoint(ck)
     got = predict_images(model, [trained / "data" / "val"], topk=1)
     assert len(got) == report["images"] == 16
     assert [r["index"] for r in got] == report["predictions"]

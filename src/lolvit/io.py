@@ -268,15 +268,18 @@ def _normalise_data_config(dc: Dict[str, Any], in_chans: int, source: str) -> Di
     return out
 
 
-def checkpoint_data_config(meta: Dict[str, Any], in_chans: int = 3, source: str = "checkpoint") -> Dict[str, Any]:
+def checkpoint_data_config(meta: Dict[str, Any], in_chans: int = 3,
+                           source: str = "checkpoint") -> Optional[Dict[str, Any]]:
     """Preprocessing of a checkpoint config: its ``data_config``, else ``extra["data_config"]``,
     else (older checkpoints) ``extra["img_size"]`` with the evaluation transform lolvit used then
-    (no crop, bilinear, ImageNet mean/std), else timm's defaults at 224 px."""
+    (no crop, bilinear, ImageNet mean/std), else None (the model's own default config applies)."""
     extra = meta.get("extra") or {}
     dc = meta.get("data_config") or extra.get("data_config")
     if dc is None:
         size = extra.get("img_size")
-        dc = {"input_size": [in_chans, int(size), int(size)], "crop_pct": 1.0, "interpolation": "bilinear"} if size else {}
+        if not isinstance(size, int) or isinstance(size, bool):
+            return None
+        dc = {"input_size": [in_chans, size, size], "crop_pct": 1.0, "interpolation": "bilinear"}
     return _normalise_data_config(dc, in_chans, f"{source}: data_config")
 
 
@@ -354,7 +357,7 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     names = meta.get("class_names")
     if names is not None and len(names) != getattr(model, "num_classes", len(names)):
         raise ValueError(f"{config}: class_names has {len(names)} names but the model has {model.num_classes} classes")
-    dc = checkpoint_data_config(meta, int(getattr(model, "in_chans", 3)), str(config))
+    dc = checkpoint_data_config(meta, int(getattr(model, "in_chans", 3)), str(config)) or model_data_config(model)
     cfg = dict(getattr(model, "pretrained_cfg", None) or {})
     cfg.update({k: tuple(v) if isinstance(v, list) else v for k, v in dc.items()})
     cfg.update(num_classes=getattr(model, "num_classes", cfg.get("num_classes")), label_names=names)

@@ -10,18 +10,14 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 
-from ...io import atomic_write_bytes, atomic_write_json
+from ...io import atomic_write_bytes, atomic_write_json, checkpoint_paths
 
 PathLike = Union[str, Path]
-_SUFFIXES = (".safetensors", ".json")
 
 
 def checkpoint_files(path: PathLike) -> Tuple[Path, Path]:
     """``(weights, metadata)`` paths of a checkpoint given as ``PATH``, ``PATH.safetensors`` or ``PATH.json``."""
-    path = Path(path)
-    if path.suffix in _SUFFIXES:
-        path = path.with_suffix("")
-    return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
+    return checkpoint_paths(path)
 
 
 def save_spec_checkpoint(model: nn.Module, path: PathLike, fmt: str, spec: Dict[str, Any],
