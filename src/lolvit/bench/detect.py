@@ -157,6 +157,7 @@ def _runners(name: str, model: nn.Module, backends: Sequence[str], size: int, th
                 runners[backend] = _eager_runner(model, x)
                 continue
             make = _ort_runner if backend == "onnxruntime" else _openvino_runner
+            os.environ.setdefault("CI", "true")  # OpenVINO: no telemetry, from its first import on
             __import__(backend)
             if onnx_path is None and _is_backbone(model):
                 fused = copy.deepcopy(model).eval().fuse()
