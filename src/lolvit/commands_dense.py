@@ -203,7 +203,8 @@ def _register_data(sub) -> None:
     s.add_argument("--min-scale", type=float, default=0.12, help="smallest object side / image side")
     s.add_argument("--max-scale", type=float, default=0.45, help="largest object side / image side")
     s.add_argument("--clutter", type=float, default=1.0, help="background shapes, x 6-15")
-    s.add_argument("--max-overlap", type=float, default=0.3, help="how much of a smaller object's box another may cover")
+    s.add_argument("--max-overlap", type=float, default=0.3,
+                   help="how much of a smaller object's box another may cover")
     s.add_argument("--occluders", type=int, default=0, help="shapes drawn over each scene (amodal labels)")
     s.set_defaults(func=_make_scenes)
     r = ds.add_parser("make-roads", help="road scenes with drivable/lane masks (BDD100K layout)")

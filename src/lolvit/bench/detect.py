@@ -66,7 +66,8 @@ def build_bench_model(name: str, nc: int = 80) -> nn.Module:
     """:func:`build_detector`, or for ``<lolvit YAML>:backbone`` its layer 0 (the LOLViT backbone)."""
     base, sep, part = name.partition(":")
     if sep and (part != "backbone" or not base.startswith("lolvit-")):
-        raise ValueError(f"model {name!r}: only '<lolvit YAML name>:backbone' selects a part, e.g. 'lolvit-s-det:backbone'")
+        raise ValueError(f"model {name!r}: only '<lolvit YAML name>:backbone' selects a part, "
+                         f"e.g. 'lolvit-s-det:backbone'")
     model = build_detector(base, nc)
     return model.model[0].eval() if sep else model
 
@@ -157,6 +158,7 @@ def _runners(name: str, model: nn.Module, backends: Sequence[str], size: int, th
                 runners[backend] = _eager_runner(model, x)
                 continue
             make = _ort_runner if backend == "onnxruntime" else _openvino_runner
+            os.environ.setdefault("CI", "true")  # OpenVINO: no telemetry, from its first import on
             __import__(backend)
             if onnx_path is None and _is_backbone(model):
                 fused = copy.deepcopy(model).eval().fuse()
@@ -223,9 +225,8 @@ def run(
     budgets = []
     for name, b in BUDGETS.items():
         if name in info:
-            at640 = info[name].get(640)
-            budgets.append(dict(model=name, gflops_640=at640, gflops_budget=b["gflops"], params_20=info[name]["params_20"],
-                                params_paper=b["params"]))
+            budgets.append(dict(model=name, gflops_640=info[name].get(640), gflops_budget=b["gflops"],
+                                params_20=info[name]["params_20"], params_paper=b["params"]))
     return dict(bench="detect", reference=REFERENCE, warmup=warmup, repeats=repeats, budget_s=budget_s,
                 skipped=skipped_all, machine=machine, budgets=budgets, rows=rows)
 
@@ -249,8 +250,8 @@ def report(payload: Dict[str, Any], out_dir: str, command: str = "lolvit bench d
            "`fuse()` then the forward (the path of `yolo predict`); onnxruntime/openvino (f32 precision hint) run "
            "the ONNX file of ultralytics' exporter (`yolo export format=onnx`, opset chosen by ultralytics, "
            "static shape). ':backbone' rows run layer 0 of that detector alone (the LOLViT backbone, conv+BN "
-           "folded; ONNX by torch.onnx, opset 17). All rows of one size are timed interleaved; 'x yolov8n' = median / median of "
-           "yolov8n on the same backend and size ('(min)': fastest samples). 'target' = issue 9's ratio at "
+           "folded; ONNX by torch.onnx, opset 17). All rows of one size are timed interleaved; "
+           "'x yolov8n' = median / median of yolov8n on the same backend and size ('(min)': fastest samples). 'target' = issue 9's ratio at "
            "640 px. GFLOPs by torch.utils.flop_counter at that size, 2 per multiply-add.\n\n")
     md += markdown_table(rows, COLUMNS)
     if payload.get("budgets"):
