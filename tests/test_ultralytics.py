@@ -205,7 +205,8 @@ def test_own_checkpoint_loads_safely(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "SAFE_LOAD", True)
     ckpt, _ = tasks.torch_safe_load(str(tmp_path / "own.pt"))
     assert isinstance(ckpt["model"].model[0], lu.LOLViTBackbone)
-    assert lu.safe_globals(["lolvit.nn.functional.drelu", "os.system", "lolvit.models.lolvit.LOLViTConfig"]) == {
+    assert lu.safe_globals(["lolvit.nn.functional.drelu", "os.system", "lolvit.__main__.main", "lolvit.cli.main",
+                            "lolvit.models.lolvit.LOLViTConfig"]) == {
         "lolvit.models.lolvit.LOLViTConfig": __import__("lolvit").models.lolvit.LOLViTConfig}
 
 
