@@ -220,6 +220,21 @@ def test_yolo_by_bare_name_after_import_lolvit(tmp_path, monkeypatch):
     assert isinstance(yolo.model.model[0], lu.LOLViTBackbone) and yolo.task == "detect"
 
 
+def test_import_lolvit_alone_resolves_bare_names(tmp_path):
+    """`import lolvit` (no .pth, e.g. a checkout on PYTHONPATH) imports no ultralytics, and a later
+    `YOLO('lolvit-s-det.yaml')` builds the packaged model in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, lolvit; assert 'ultralytics' not in sys.modules; from ultralytics import YOLO; "
+            "m = YOLO('lolvit-s-det.yaml'); print(type(m.model.model[0]).__name__, m.task)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "LOLViTBackbone detect" in r.stdout, r.stderr[-2000:]
+
+
 def _yolo_cli(tmp_path, *args):
     """Run the ``yolo`` CLI in a fresh interpreter whose site-packages holds lolvit's .pth (as installed)."""
     import subprocess
@@ -287,3 +302,14 @@ def test_corrupt_image_reason_not_pi_heif(tmp_path):
         Image.open(bad)
     msg = verify_image_label((str(bad), str(tmp_path / "bad.txt"), "", False, 1, 0, 0, False))[-1]
     assert "cannot identify image file" in msg and "pi_heif" not in msg, msg
+
+
+def test_ultralytics_drops_whole_image_for_one_bad_line(scenes, tmp_path):
+    """What docs/detection.md says: one malformed line or outside box drops the image, valid boxes included."""
+    from ultralytics.data.utils import verify_image_label
+
+    image = sorted((scenes / "det" / "images" / "train").glob("*.jpg"))[0]
+    for text in ("0 0.5 0.5 0.2 0.2\n1 0.5 abc 0.2 0.2\n", "0 0.5 0.5 0.2 0.2\n1 1.4 0.5 0.3 0.3\n"):
+        (tmp_path / "l.txt").write_text(text)
+        lb, *_, corrupt, msg = verify_image_label((str(image), str(tmp_path / "l.txt"), "", False, 10, 0, 0, False))
+        assert lb is None and corrupt == 1, msg
