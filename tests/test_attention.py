@@ -143,5 +143,76 @@ def test_bad_construction():
         build_attention("fwa", 16, heads=2, activation="gelu")
     with pytest.raises(TypeError):
         build_attention("mhsa", 16.0, heads=2)
-    with pytest.raises(ValueError, match="perfect square"):
-        build_attention("agent", 16, heads=2, agents=10)
+    with pytest.raises(ValueError, match="agents must be a positive int"):
+        build_attention("agent", 16, heads=2, agents=0)
+
+
+@pytest.mark.parametrize("name", ["fwa", "fwa_softmax", "mhsa", "agent", "ssa"])
+def test_zero_dim_is_a_clear_error(name):
+    with pytest.raises(ValueError, match="dim must be >= 1"):
+        build_attention(name, 0, heads=1)
+
+
+@pytest.mark.parametrize("dp_init", [0.0, -1e-6, -1.0])
+def test_fwa_rejects_non_positive_dp_init(dp_init):
+    with pytest.raises(ValueError, match="dp_init"):
+        build_attention("fwa", 16, heads=2, dp_init=dp_init)
+
+
+def test_flops_counted_per_head_for_one_fwa_layer():
+    """count_flops counts FWA's per-head products (Eqs. 2-3), not the block-diagonal kernel's zeros."""
+    from lolvit.nn import LOLViTBlock
+    from lolvit.tasks.summary import count_flops
+
+    block = LOLViTBlock(16, 32, depth=1, heads=4, fold=2, patch=1).eval()
+    H, W, d, h, D, fold = 6, 8, 32, 4, 8, 2
+    N, n = H * W, 4  # n = ceil(W / fold) keys
+    hand = (
+        2 * N * d * d  # Query half of the shared projection, N tokens
+        + 2 * W * d * d  # Token half on the W column sums (FAWA is linear)
+        + 2 * h * n * (fold * D) * (2 * D)  # shared 1x1 key/value projection (Eq. 5)
+        + 2 * (2 * h * N * n * D)  # Q K^T and weights x V, per head
+        + 2 * N * d * d  # output projection
+    )
+    _, per_module = count_flops(block, (H, W), in_chans=16)
+    assert per_module["LOLViTBlock.layers.0.attn"] == hand
+    assert block.layers[0].attn.per_head is False  # restored after counting
+    x = torch.randn(2, 16, H, W)
+    with torch.no_grad():
+        ref = block(x)
+        block.layers[0].attn.per_head = True
+        torch.testing.assert_close(block(x), ref)
+
+
+def test_lolvit_gflops_at_640():
+    """The backbone FLOPs of issue 11 #12 (5.29 / 8.54 G at 640 px, per head)."""
+    import timm
+    from lolvit.tasks.summary import backbone_rows
+
+    for name, gflops in (("lolvit_s", 5.290), ("lolvit_x", 8.535)):
+        rows = backbone_rows(timm.create_model(name), name, (640, 640))
+        assert sum(r.flops for r in rows) / 1e9 == pytest.approx(gflops, abs=5e-4)
+
+
+@pytest.mark.parametrize("agents,grid", [(49, (7, 7)), (48, (6, 8)), (12, (3, 4)), (3, (1, 3)), (10, (2, 5))])
+def test_agent_counts_pool_to_near_square_grids(agents, grid):
+    attn = AgentAttention(16, heads=2, agents=agents)
+    assert attn.pool == grid and attn.an_bias.shape[1] == agents
+    out, _ = attn(torch.randn(2, 6 * 9, 16), 6, 9)
+    assert out.shape == (2, 54, 16)
+
+
+def test_drelu_divisor_queries_divides_by_query_length():
+    torch.manual_seed(0)
+    keys = build_attention("fwa", 16, heads=2, fold=2)
+    queries = build_attention("fwa", 16, heads=2, fold=2, drelu_divisor="queries")
+    queries.load_state_dict(keys.state_dict())
+    H, W = 3, 8
+    n = 4  # ceil(8 / 2) keys, N = 24 queries
+    x = torch.randn(2, H * W, 16)
+    with torch.no_grad():
+        a = keys.mix(keys.qt(x)[..., :16], *keys.kv(keys.keys(x, H, W)).chunk(2, dim=-1))
+        b = queries.mix(queries.qt(x)[..., :16], *queries.kv(queries.keys(x, H, W)).chunk(2, dim=-1))
+    torch.testing.assert_close(b * (H * W), a * n)
+    with pytest.raises(ValueError, match="drelu_divisor"):
+        build_attention("fwa", 16, heads=2, drelu_divisor="n")

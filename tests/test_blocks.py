@@ -86,3 +86,46 @@ def test_block_bad_args():
         LOLViTBlock(32, 48, depth=0)
     with pytest.raises(ValueError, match="stride"):
         GhostNetBlock(16, 16, 3)
+
+
+@pytest.mark.parametrize("ratio", [0, -2.0, 0.01])
+def test_transformer_layer_rejects_empty_mlp(ratio):
+    from lolvit.nn import TransformerLayer
+
+    with pytest.raises(ValueError, match="mlp_ratio"):
+        TransformerLayer(16, "fwa", 2, mlp_ratio=ratio)
+
+
+def test_lolvit_block_empty_batch():
+    block = LOLViTBlock(16, 24, depth=2, heads=2, fold=2).eval()
+    with torch.no_grad():
+        assert block(torch.zeros(0, 16, 5, 7)).shape == (0, 16, 5, 7)
+
+
+def test_token_patches_are_mobilevit_sequences():
+    """patch_mode='tokens': attention runs over the patch grid, one sequence per pixel position."""
+    torch.manual_seed(0)
+    block = LOLViTBlock(8, 16, heads=2, fold=1, patch=2, patch_mode="tokens").eval()
+    assert block.layers[0].attn.window == 1
+    seen = []
+    original = block.layers[0].attn.forward
+
+    def spy(x, H, W, cache=None):
+        seen.append((tuple(x.shape), H, W))
+        return original(x, H, W, cache)
+
+    block.layers[0].attn.forward = spy
+    with torch.no_grad():
+        out = block(torch.randn(3, 8, 7, 10))  # 7 rows: padded to 8, cropped back
+    assert out.shape == (3, 8, 7, 10)
+    assert seen == [((3 * 4, 4 * 5, 16), 4, 5)]
+    window = LOLViTBlock(8, 16, heads=2, fold=1, patch=2, patch_mode="window")
+    assert window.layers[0].attn.window == 2 and window.patch == 1
+    one = LOLViTBlock(8, 16, heads=2, patch=1, patch_mode="tokens").eval()
+    ref = LOLViTBlock(8, 16, heads=2, patch=1, patch_mode="window").eval()
+    ref.load_state_dict(one.state_dict())
+    x = torch.randn(2, 8, 5, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(one(x), ref(x))  # both readings agree for P = 1
+    with pytest.raises(ValueError, match="patch_mode"):
+        LOLViTBlock(8, 16, heads=2, patch_mode="pixels")

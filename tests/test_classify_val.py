@@ -35,7 +35,7 @@ def test_val_cli_and_bad_checkpoints(run_dir, tmp_path, capsys):
     meta["model"], meta["model_kwargs"] = "lolvit_x", {"num_classes": 10}
     (tmp_path / "other.json").write_text(json.dumps(meta))
     (tmp_path / "other.safetensors").write_bytes((run_dir / "last.safetensors").read_bytes())
-    with pytest.raises(ValueError, match="does not match the model"):
+    with pytest.raises(ValueError, match="field 'model' is 'lolvit_x' but the weights were saved with 'lolvit_s'"):
         validate(str(tmp_path / "other"), "digits")
     # a 10-class checkpoint on a 2-class folder
     from PIL import Image

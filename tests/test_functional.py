@@ -89,3 +89,12 @@ def test_drelu_fp32_from_half_inputs():
 def test_drelu_unknown_activation():
     with pytest.raises(ValueError, match="unknown DReLu activation"):
         drelu(torch.randn(2, 2), torch.tensor(0.5), activation="gelu")
+
+
+def test_drelu_divisor_keys_or_queries():
+    scores = torch.ones(1, 6, 3)  # N = 6 queries, n = 3 keys
+    dp = torch.tensor(1.0)
+    assert torch.allclose(drelu(scores, dp, 0.0), torch.full((1, 6, 3), 1 / 3))
+    assert torch.allclose(drelu(scores, dp, 0.0, divisor="queries"), torch.full((1, 6, 3), 1 / 6))
+    with pytest.raises(ValueError, match="drelu_divisor"):
+        drelu(scores, dp, divisor="n")

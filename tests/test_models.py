@@ -203,3 +203,133 @@ def test_bad_inputs():
 
 def test_is_lolvit_instance():
     assert isinstance(timm.create_model("lolvit_s"), LOLViT)
+
+
+def test_unknown_kwargs_raise_typeerror():
+    with pytest.raises(TypeError, match="atention"):
+        timm.create_model("lolvit_s", atention="mhsa")
+
+
+def test_output_stride_only_32():
+    assert timm.create_model("lolvit_s", output_stride=32).feature_info[-1]["reduction"] == 32
+    with pytest.raises(ValueError, match="output_stride=16"):
+        timm.create_model("lolvit_s", output_stride=16)
+
+
+def test_drop_path_rate_is_linear_stochastic_depth():
+    from timm.layers import DropPath
+
+    model = timm.create_model("lolvit_s", drop_path_rate=0.3, depths=(2, 1, 1))
+    rates = [m.drop_path.drop_prob if isinstance(m.drop_path, DropPath) else 0.0
+             for m in model.modules() if hasattr(m, "drop_path")]
+    assert len(rates) == 6 + 4  # 6 GhostNet blocks + 4 transformer layers, in forward order
+    assert rates == pytest.approx([0.3 * i / 9 for i in range(10)])
+    assert not any(isinstance(m, DropPath) for m in timm.create_model("lolvit_s").modules())
+    model.train()
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(0)
+    a = model(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, model(x))  # paths are dropped at random in training
+    model.eval()
+    torch.testing.assert_close(model(x), model(x))
+
+
+def test_dp_init_is_a_model_keyword():
+    model = timm.create_model("lolvit_s", dp_init=0.3)
+    dps = [m.dp.item() for m in model.modules() if hasattr(m, "dp")]
+    assert len(dps) == 3 and dps == pytest.approx([0.3] * 3) and model.config.dp_init == 0.3
+    legacy = timm.create_model("lolvit_s", attn_kwargs={"dp_init": 0.2})  # older configs
+    assert legacy.config.dp_init == pytest.approx(0.2) and legacy.config.attn_kwargs == {}
+    assert timm.create_model("lolvit_s").config.dp_init == 0.5
+    with pytest.raises(ValueError, match="dp_init given twice"):
+        timm.create_model("lolvit_s", dp_init=0.3, attn_kwargs={"dp_init": 0.2})
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(dp_init=-1e-6), "dp_init"), (dict(dp_init=0.0), "dp_init"), (dict(dp_init=-0.5), "dp_init"),
+        (dict(mlp_ratio=0), "mlp_ratio"), (dict(mlp_ratio=-1.0), "mlp_ratio"), (dict(mlp_ratio=0.001), "mlp_ratio"),
+        (dict(drop_path_rate=1.0), "drop_path_rate"),
+    ],
+)
+def test_bad_hyperparameters_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("lolvit_s", **kwargs)
+
+
+@pytest.mark.parametrize("attention", ["fwa", "mhsa", "agent", "ssa", "fwa_softmax"])
+def test_empty_batch_returns_empty(attention):
+    model = timm.create_model("lolvit_s", attention=attention, num_classes=5).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(0, 3, 64, 96)).shape == (0, 5)
+        assert model.forward_features(torch.zeros(0, 3, 64, 96)).shape == (0, 128, 2, 3)
+        assert [t.shape[0] for t in model.forward_intermediates(torch.zeros(0, 3, 64, 64))[1]] == [0] * 5
+
+
+def test_meta_device_and_dtype_factory_kwargs():
+    model = timm.create_model("lolvit_s", device="meta", dtype=torch.float64)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    model.eval().reset_classifier(3)
+    assert model.classifier.weight.device.type == "meta" and model.classifier.weight.dtype == torch.float64
+    assert not model.classifier.training
+    out = model(torch.zeros(1, 3, 64, 64, device="meta", dtype=torch.float64))
+    assert out.shape == (1, 3)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_fx_feature_extraction(name):
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, 96, 64)
+    extractor = create_feature_extractor(model, {"stages.2": "p3", "stages.4": "p5"})
+    fx_timm = timm.create_model(name, features_only=True, feature_cls="fx", out_indices=(2, 4)).eval()
+    fx_timm.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(("conv_head", "classifier"))}, strict=False)
+    with torch.no_grad():
+        ref = model.forward_intermediates(x, indices=[2, 4], intermediates_only=True)
+        out = extractor(x)
+        torch.testing.assert_close(out["p3"], ref[0])
+        torch.testing.assert_close(out["p5"], ref[1])
+        assert [t.shape for t in fx_timm(x)] == [r.shape for r in ref]
+    with pytest.raises(ValueError, match="smaller than the minimum"):
+        extractor(torch.randn(1, 3, 16, 64))  # the traced graph keeps the input check
+
+
+@pytest.mark.parametrize(
+    "kwargs,field,value",
+    [
+        (dict(drelu_divisor="queries"), "drelu_divisor", "queries"),
+        (dict(patch_mode="tokens", patches=(2, 2, 1)), "patch_mode", "tokens"),
+        (dict(attention="agent", agents=(49, 16, 4)), "agents", (49, 16, 4)),
+    ],
+)
+def test_fidelity_options_via_model_kwargs(kwargs, field, value, tmp_path):
+    """The paper readings are create_model / --model-kwargs keywords and survive a checkpoint."""
+    import json
+
+    from lolvit.tasks.classify.cli import _json_mapping
+    from lolvit.tasks.classify.train import build_model
+
+    model = build_model("lolvit_s", 10, **_json_mapping(json.dumps(kwargs)))
+    assert getattr(model.config, field) == value
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 70, 90)).shape == (1, 10)
+    lolvit.save_checkpoint(model, tmp_path / "m")
+    assert getattr(lolvit.load_checkpoint(tmp_path / "m").config, field) == value
+
+
+def test_fidelity_defaults_and_errors():
+    model = timm.create_model("lolvit_s", attention="agent")
+    assert (model.config.drelu_divisor, model.config.patch_mode, model.config.agents) == ("keys", "window", (48, 12, 3))
+    assert [m.agents for m in model.modules() if hasattr(m, "agents")] == [48, 12, 3]  # Table 2
+    assert [m.drelu_divisor for m in timm.create_model("lolvit_s", drelu_divisor="queries").modules()
+            if hasattr(m, "drelu_divisor")] == ["queries"] * 3
+    legacy = timm.create_model("lolvit_s", attention="agent", attn_kwargs={"agents": 9})
+    assert legacy.config.agents == (9, 9, 9)
+    for kwargs, match in [(dict(drelu_divisor="n"), "drelu_divisor"), (dict(patch_mode="pixels"), "patch_mode"),
+                          (dict(agents=0), "agents"), (dict(agents=(4, 4)), "agents")]:
+        with pytest.raises(ValueError, match=match):
+            timm.create_model("lolvit_s", **kwargs)

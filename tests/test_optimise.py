@@ -72,3 +72,67 @@ def test_scripted_model_matches_eager():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(scripted(x), model(x), atol=1e-5)
+
+
+def _randomise_bn(model):
+    """Non-trivial BN statistics and affine parameters, so that folding is really exercised."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.num_features, generator=g) - 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+@pytest.mark.parametrize("name", ["lolvit_s", "lolvit_x"])
+def test_fuse_default_matches_unfused_at_odd_sizes(name, channels_last):
+    torch.manual_seed(0)
+    model = _randomise_bn(timm.create_model(name, num_classes=5))
+    fused = fuse(copy.deepcopy(model), channels_last=channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    for shape in [(1, 3, 33, 47), (2, 3, 71, 64)]:
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            ref, out = model(x), fused(x)
+            feats = fused.forward_features(x)
+        assert (out - ref).abs().max().item() <= 1e-4
+        assert feats.shape == model.forward_features(x).shape
+        assert feats.is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs"])
+def test_fuse_keeps_the_activation_of_timm_batchnormact(name):
+    """Regression: BatchNormAct2d (timm's ConvNormAct) applies its activation inside the BN
+    module; folding it to Identity dropped the SiLU (mobilevit_xxs output error ~2)."""
+    torch.manual_seed(0)
+    model = _randomise_bn(timm.create_model(name, num_classes=7))
+    x = torch.randn(1, 3, 67, 75)
+    with torch.no_grad():
+        ref = model(x)
+        out = fuse(copy.deepcopy(model))(x)
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_fuse_leaves_unknown_batchnorm_subclasses_alone():
+    class ScaledBN(torch.nn.BatchNorm2d):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3), ScaledBN(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+
+    model = _randomise_bn(Block())
+    x = torch.randn(1, 3, 9, 9)
+    with torch.no_grad():
+        ref = model(x)
+        fused = fuse(copy.deepcopy(model))
+        assert isinstance(fused.bn, ScaledBN)
+        assert torch.allclose(fused(x), ref, atol=1e-5)

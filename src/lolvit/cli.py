@@ -42,10 +42,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         code = args.func(args)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        print(f"lolvit {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, TypeError, OSError) as e:
+        # bad input (file, field, flag) or a file system refusal: one line, no traceback
+        print(f"lolvit {args.command}: error: {_message(e)}", file=sys.stderr)
         return 2
     return int(code or 0)
+
+
+def _message(e: BaseException) -> str:
+    """One line naming the problem; OS errors keep their file name and reason."""
+    text = f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror and e.filename else str(e)
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

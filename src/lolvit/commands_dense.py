@@ -255,6 +255,13 @@ def _register_data(sub) -> None:
     s.add_argument("--max-objects", type=int, default=4)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--fashion-root", default=None)
+    # harder scenes (issue 9): object count and size, background clutter, occlusion
+    s.add_argument("--min-objects", type=int, default=1)
+    s.add_argument("--min-scale", type=float, default=0.12, help="smallest object side / image side")
+    s.add_argument("--max-scale", type=float, default=0.45, help="largest object side / image side")
+    s.add_argument("--clutter", type=float, default=1.0, help="background shapes, x 6-15")
+    s.add_argument("--max-overlap", type=float, default=0.3, help="how much of a smaller object's box another may cover")
+    s.add_argument("--occluders", type=int, default=0, help="shapes drawn over each scene (amodal labels)")
     s.set_defaults(func=_make_scenes)
     r = ds.add_parser("make-roads", help="road scenes with drivable/lane masks (BDD100K layout)")
     r.add_argument("out")
@@ -269,7 +276,9 @@ def _register_data(sub) -> None:
 def _make_scenes(a) -> int:
     from lolvit.tasks.dense.generate import make_scenes
 
-    _print(make_scenes(a.out, a.train, a.val, a.imgsz, a.max_objects, seed=a.seed, fashion_root=a.fashion_root))
+    _print(make_scenes(a.out, a.train, a.val, a.imgsz, a.max_objects, a.min_scale, a.max_scale, seed=a.seed,
+                       fashion_root=a.fashion_root, min_objects=a.min_objects, clutter=a.clutter,
+                       max_overlap=a.max_overlap, occluders=a.occluders))
     return 0
 
 

@@ -12,6 +12,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
         "fawa": "FAWA key generation vs the pooling route, 224-1024 px (Fig. 8)",
         "models": "latency/throughput of LOLViT and timm models, several runtimes (Tables 2-4, 7, 13)",
         "scaling": "time and memory against input size; fitted exponent in the token count",
+        "detect": "LOLViT-YOLO vs yolov8n/yolo11n: params, FLOPs, latency in eager/ONNX Runtime/OpenVINO (Tables 5/7)",
     }
     for name, help_ in specs.items():
         b = benches.add_parser(name, help=help_)
@@ -34,6 +35,10 @@ def register(sub: "argparse._SubParsersAction") -> None:
             b.add_argument("--backends", nargs="+", default=None,
                            help="eager fused onnxruntime openvino compile")
             b.add_argument("--batches", type=int, nargs="+", default=None)
+        if name == "detect":  # issue 9: lolvit.bench.detect
+            b.add_argument("--sizes", type=int, nargs="+", default=None, help="input sizes (px), default 320 640")
+            b.add_argument("--models", nargs="+", default=None, help="LOLViT YAML names or ultralytics models")
+            b.add_argument("--backends", nargs="+", default=None, help="eager onnxruntime openvino")
         if name == "scaling":
             b.add_argument("--mechanisms", nargs="+", default=None)
             b.add_argument("--models", nargs="+", default=None)

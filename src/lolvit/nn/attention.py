@@ -8,14 +8,15 @@ Every mechanism maps normalised tokens of a feature map to tokens of the same sh
 mechanisms ignore it and return ``None``. Build one by name with :func:`build_attention`.
 """
 import math
-from typing import Dict, Optional, Tuple, Type
+from contextlib import contextmanager
+from typing import Dict, Iterator, Optional, Tuple, Type
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .functional import apply_activation, check_activation, column_sums, window_fold
+from .functional import apply_activation, check_activation, check_drelu_divisor, column_sums, window_fold
 
 
 SCORE_CHUNK = 1 << 21  # FWA inference: max elements of one chunk of attention weights (8 MiB fp32)
@@ -24,6 +25,8 @@ SCORE_CHUNK = 1 << 21  # FWA inference: max elements of one chunk of attention w
 def _check_heads(dim: int, heads: int) -> int:
     if not isinstance(dim, int) or not isinstance(heads, int):
         raise TypeError(f"dim and heads must be int, got dim={dim!r}, heads={heads!r}")
+    if dim < 1:
+        raise ValueError(f"the attention dim must be >= 1, got dim={dim}")
     if heads < 1 or dim % heads:
         raise ValueError(f"heads={heads} must be >= 1 and divide the attention dim {dim}")
     return dim // heads
@@ -50,13 +53,24 @@ def _block_diagonal(k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
     return kbd, vbd
 
 
+def _capturing() -> bool:
+    """True while a graph is being captured: torch.jit.trace, torch.compile/export, torch.fx."""
+    if torch.jit.is_scripting():
+        return False
+    return (
+        torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+        or torch.fx._symbolic_trace.is_fx_symbolic_tracing()
+    )
+
+
 class FastWindowAttention(nn.Module):
     """Fast Window Attention (FWA, Eqs. 2-5).
 
     Query and Token come from one projection; the Token sequence is aggregated by FAWA
     (Eq. 4, window ``window`` columns, ``fold`` keys concatenated) and normalised, a shared
     1x1 projection turns each per-head key into FWA_K and FWA_V (Eq. 5), and the weights are
-    DReLu(Q FWA_K^T / sqrt(D)) (Eq. 3), computed in fp32.
+    DReLu(Q FWA_K^T / sqrt(D)) (Eq. 3), computed in fp32. ``drelu_divisor``: the sequence length
+    that divides the weights, ``"keys"`` (n, default) or ``"queries"`` (N, the paper's text).
 
     ``cache`` (B, heads, n, fold*D): the normalised FAWA keys of an earlier layer of the same
     block; when given, FAWA is skipped and only the Query half of the projection runs.
@@ -71,12 +85,17 @@ class FastWindowAttention(nn.Module):
         activation: str = "relu",
         dp_init: float = 0.5,
         eps: float = 1e-6,
+        drelu_divisor: str = "keys",
         **kwargs,
     ):
         super().__init__()
         self.head_dim = _check_heads(dim, heads)
+        self.drelu_divisor = check_drelu_divisor(drelu_divisor)
         if fold < 1 or window < 1:
             raise ValueError(f"fold and window must be >= 1, got fold={fold}, window={window}")
+        if not float(dp_init) > 0 or not float(eps) >= 0:
+            # the Eq. 3 divisor (DP + eps) * n must start positive: DP <= -eps gives inf/NaN weights
+            raise ValueError(f"dp_init must be > 0 and eps >= 0, got dp_init={dp_init}, eps={eps}")
         self.dim = dim
         self.heads = heads
         self.fold = fold
@@ -89,6 +108,7 @@ class FastWindowAttention(nn.Module):
         self.kv = nn.Linear(fold * self.head_dim, 2 * self.head_dim)
         self.proj = nn.Linear(dim, dim)
         self.dp = nn.Parameter(torch.tensor(float(dp_init)))
+        self.per_head = False  # True: the per-head product of Eqs. 2-3 as written (FLOP counting)
 
     def keys(self, x: Tensor, H: int, W: int) -> Tensor:
         """Normalised FAWA keys of the Token sequence: (B, N, dim) -> (B, heads, n, fold*D).
@@ -110,7 +130,9 @@ class FastWindowAttention(nn.Module):
         (B, h*n, h*D), so both products are single batched GEMMs on the contiguous query and
         the output lands in token layout: no head transposes or copies of the N-long tensors.
         The off-diagonal blocks are exact zeros (act(0) = 0 for every DReLu activation), so
-        the result is that of the per-head product. Without autograd, the batch is processed in
+        the result is that of the per-head product (``per_head=True`` computes that product
+        directly, so that FLOP counters see the algorithm's h*N*n*D multiply-adds per product
+        rather than the h-times larger block-diagonal GEMMs). Without autograd, the batch is processed in
         chunks whose (chunk, N, h*n) weights stay below ``score_chunk`` elements, written into
         one preallocated output: peak memory is about query + output.
         """
@@ -119,13 +141,17 @@ class FastWindowAttention(nn.Module):
         N = q.shape[1]
         homogeneous = self.activation == "relu" or self.activation == "leaky_relu"
         # relu/leaky_relu are positively homogeneous: the Eq. 3 scale moves onto V
-        c = (self.scale if homogeneous else 1.0) / ((self.dp.float() + self.eps) * n)
-        capture = False
-        if not torch.jit.is_scripting():
+        length = n if self.drelu_divisor == "keys" else N  # Eq. 3's sequence length
+        c = (self.scale if homogeneous else 1.0) / ((self.dp.float() + self.eps) * length)
+        if self.per_head:
+            qh = _to_heads(q, h)  # (B, h, N, D): h products of (N, D) x (D, n) and (N, n) x (n, D)
+            return _from_heads(self._weights(qh @ k.transpose(-2, -1), homogeneous) @ (v * c))
+        if torch.is_grad_enabled() or _capturing():
             # traced/exported graphs must not bake in a loop over (or guards on) the example batch
-            capture = torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+            kbd, vbd = _block_diagonal(k, v * c)
+            return torch.bmm(self._weights(torch.bmm(q, kbd), homogeneous), vbd)
         step = max(1, self.score_chunk // max(1, N * h * n))
-        if torch.is_grad_enabled() or capture or step >= B:
+        if step >= B:
             kbd, vbd = _block_diagonal(k, v * c)
             return torch.bmm(self._weights(torch.bmm(q, kbd), homogeneous), vbd)
         out = torch.empty(B, N, h * D, dtype=q.dtype, device=q.device)
@@ -143,7 +169,10 @@ class FastWindowAttention(nn.Module):
 
     @torch.jit.unused
     def _attend_autocast_off(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if torch.is_autocast_enabled(q.device.type):
+        if isinstance(q, torch.fx.Proxy):  # symbolic tracing: the graph runs attend_tokens as written
+            return self.attend_tokens(q, k, v)
+        device = q.device.type
+        if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
             with torch.autocast(q.device.type, enabled=False):
                 return self.attend_tokens(q, k, v)
         return self.attend_tokens(q, k, v)
@@ -168,7 +197,7 @@ class FastWindowAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, heads={self.heads}, fold={self.fold}, window={self.window}, "
-            f"activation={self.activation}"
+            f"activation={self.activation}, drelu_divisor={self.drelu_divisor}"
         )
 
 
@@ -178,6 +207,7 @@ class FastWindowAttentionSoftmax(FastWindowAttention):
     def __init__(self, dim: int, heads: int = 4, fold: int = 1, window: int = 1, **kwargs):
         kwargs.pop("activation", None)
         kwargs.pop("dp_init", None)
+        kwargs.pop("drelu_divisor", None)
         super().__init__(dim, heads, fold, window, activation="relu", **kwargs)
         del self.dp
         self.activation = "softmax"
@@ -210,8 +240,9 @@ class MultiHeadSelfAttention(nn.Module):
 class AgentAttention(nn.Module):
     """Agent Attention (Han et al., ECCV 2024), in the form of its authors' PVT/Swin code.
 
-    ``agents`` agent tokens are average-pooled from the query map; agents first attend to the
-    keys (softmax, agent biases), then the queries attend to the agents (softmax, query
+    ``agents`` agent tokens are average-pooled from the query map to a grid of rows x cols =
+    ``agents`` as near square as possible (49: 7x7, 48: 6x8, 12: 3x4, 3: 1x3); agents first attend
+    to the keys (softmax, agent biases), then the queries attend to the agents (softmax, query
     biases); a 3x3 depthwise convolution of V is added. Position biases are learned at a
     reference size and bilinearly resized to the actual H x W.
     """
@@ -219,11 +250,11 @@ class AgentAttention(nn.Module):
     def __init__(self, dim: int, heads: int = 4, agents: int = 49, bias_size: int = 7, **kwargs):
         super().__init__()
         self.head_dim = _check_heads(dim, heads)
-        pool = int(round(math.sqrt(agents)))
-        if pool * pool != agents:
-            raise ValueError(f"agents={agents} must be a perfect square (pooled to a square grid)")
+        if isinstance(agents, bool) or not isinstance(agents, int) or agents < 1:
+            raise ValueError(f"agents must be a positive int, got {agents!r}")
+        rows = max(r for r in range(1, math.isqrt(agents) + 1) if agents % r == 0)
         self.heads = heads
-        self.pool = pool
+        self.pool = (rows, agents // rows)
         self.agents = agents
         self.scale = self.head_dim ** -0.5
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -253,7 +284,7 @@ class AgentAttention(nn.Module):
     ) -> Tuple[Tensor, Optional[Tensor]]:
         B, N, C = x.shape
         q, k, v = self.qkv(x).chunk(3, dim=-1)
-        agent = F.adaptive_avg_pool2d(q.transpose(1, 2).reshape(B, C, H, W), (self.pool, self.pool))
+        agent = F.adaptive_avg_pool2d(q.transpose(1, 2).reshape(B, C, H, W), self.pool)
         agent = _to_heads(agent.flatten(2).transpose(1, 2), self.heads)  # (B, h, a, D)
         qh, kh, vh = _to_heads(q, self.heads), _to_heads(k, self.heads), _to_heads(v, self.heads)
         agent_bias = self._bias(self.an_bias, self.ah_bias, self.aw_bias, H, W)
@@ -285,6 +316,22 @@ class SeparableSelfAttention(nn.Module):
         return self.proj(F.relu(v) * context), None
 
 
+@contextmanager
+def per_head_products(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every FWA in ``model`` multiplies per head (``per_head=True``): the same
+    outputs, and a FLOP counter sees the algorithm's FLOPs, not the zero blocks of the block-diagonal
+    kernel. The previous settings are restored on exit."""
+    modules = [m for m in model.modules() if isinstance(m, FastWindowAttention)]
+    saved = [m.per_head for m in modules]
+    for m in modules:
+        m.per_head = True
+    try:
+        yield model
+    finally:
+        for m, flag in zip(modules, saved):
+            m.per_head = flag
+
+
 ATTENTIONS: Dict[str, Type[nn.Module]] = {
     "fwa": FastWindowAttention,
     "fwa_softmax": FastWindowAttentionSoftmax,
@@ -298,7 +345,7 @@ def build_attention(name: str, dim: int, heads: int = 4, **kwargs) -> nn.Module:
     """Build an attention mechanism by name: one of ``ATTENTIONS``.
 
     FWA options: ``fold``, ``window``, ``activation`` (relu, leaky_relu, relu6, silu),
-    ``dp_init``, ``eps``; Agent Attention: ``agents``, ``bias_size``. Options a mechanism
+    ``dp_init``, ``eps``, ``drelu_divisor`` (keys, queries); Agent Attention: ``agents``, ``bias_size``. Options a mechanism
     does not use are ignored, so one config can switch mechanisms.
     """
     if name not in ATTENTIONS:

@@ -3,11 +3,12 @@
 Channel conventions follow ultralytics: ``ConvBNAct(a, b, k)`` is Conv2d(bias=False) + BN + SiLU
 with ``a*b*k*k/groups + 2b`` parameters.
 """
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import DropPath
 from torch import Tensor
 
 from .attention import build_attention
@@ -61,10 +62,11 @@ class GhostNetBlock(nn.Module):
 
     GhostConv(c1, 2c1) -> [depthwise 3x3 stride s + BN] -> [SE] -> GhostConv(2c1, c2, no act),
     plus an identity shortcut (c1 == c2, s == 1) or depthwise 3x3 + 1x1 conv shortcut.
+    ``drop_path``: stochastic-depth rate of the main branch (timm's DropPath, training only).
     (B, c1, H, W) -> (B, c2, ceil(H/s), ceil(W/s)).
     """
 
-    def __init__(self, c1: int, c2: int, stride: int = 1, se: bool = False, kernel: int = 3):
+    def __init__(self, c1: int, c2: int, stride: int = 1, se: bool = False, kernel: int = 3, drop_path: float = 0.0):
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"GhostNetBlock stride must be 1 or 2, got {stride}")
@@ -80,9 +82,10 @@ class GhostNetBlock(nn.Module):
                 ConvBNAct(c1, c1, kernel, stride, groups=c1, act=False),
                 ConvBNAct(c1, c2, 1, act=False),
             )
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.ghost2(self.se(self.dw(self.ghost1(x)))) + self.shortcut(x)
+        return self.drop_path(self.ghost2(self.se(self.dw(self.ghost1(x))))) + self.shortcut(x)
 
 
 class Mlp(nn.Module):
@@ -102,20 +105,36 @@ class TransformerLayer(nn.Module):
     """Pre-norm transformer layer around any mechanism of :func:`build_attention`.
 
     (B, N, dim), cache -> (B, N, dim), cache. The layer does not know which mechanism it holds.
+    ``drop_path``: stochastic-depth rate of both residual branches (timm's DropPath).
     """
 
-    def __init__(self, dim: int, attention: str = "fwa", heads: int = 4, mlp_ratio: float = 3.0, **attn_kwargs):
+    def __init__(
+        self, dim: int, attention: str = "fwa", heads: int = 4, mlp_ratio: float = 3.0,
+        drop_path: float = 0.0, **attn_kwargs,
+    ):
         super().__init__()
+        hidden = check_mlp_ratio(mlp_ratio, dim)
         self.norm1 = nn.LayerNorm(dim)
         self.attn = build_attention(attention, dim, heads=heads, **attn_kwargs)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, int(round(dim * mlp_ratio)))
+        self.mlp = Mlp(dim, hidden)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def forward(self, x: Tensor, H: int, W: int, cache: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
         a, cache = self.attn(self.norm1(x), H, W, cache)
-        x = x + a
-        x = x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(a)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, cache
+
+
+def check_mlp_ratio(mlp_ratio: float, dim: int) -> int:
+    """The MLP hidden width round(dim * mlp_ratio); ValueError unless it is a positive number."""
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be a number > 0, got {mlp_ratio!r}")
+    hidden = int(round(dim * mlp_ratio))
+    if hidden < 1:
+        raise ValueError(f"mlp_ratio={mlp_ratio} gives an MLP of width {hidden} for dim {dim}; it must be >= 1")
+    return hidden
 
 
 class FeatureFusion(nn.Module):
@@ -147,6 +166,7 @@ class MobileViTFusion(nn.Module):
 
 
 FUSIONS = {"feature_fusion": FeatureFusion, "mobilevit": MobileViTFusion}
+PATCH_MODES = ["window", "tokens"]
 
 
 class LOLViTBlock(nn.Module):
@@ -154,8 +174,13 @@ class LOLViTBlock(nn.Module):
     sharing the FAWA key cache (Eq. 5) -> LayerNorm -> 1x1 back-projection -> fusion with the
     block input. (B, C, H, W) -> (B, C, H, W); every pixel is a token.
 
-    ``patch`` is the FAWA window width P_l (patch size 1 = one key per column).
-    ``cache=False`` makes every layer aggregate its own keys (Table 13 "no cache").
+    ``patch`` is the patch size P, read as ``patch_mode`` says: ``"window"`` (default) makes it
+    the FAWA window width P_l, every pixel a token (patch size 1 = one key per column);
+    ``"tokens"`` splits the map into P x P patches as MobileViT does: the P*P pixels at the same
+    position in each patch form one sequence over the (H/P) x (W/P) patch grid (maps zero-padded
+    to a multiple of P, then cropped), and FWA's keys are the columns of that grid. Both readings
+    agree for P = 1. ``cache=False`` makes every layer aggregate its own keys (Table 13 "no cache").
+    ``drop_path``: stochastic-depth rate, one for all layers or one per layer.
     """
 
     def __init__(
@@ -171,11 +196,22 @@ class LOLViTBlock(nn.Module):
         mlp_ratio: float = 3.0,
         fusion: str = "feature_fusion",
         cache: bool = True,
+        drop_path: Union[float, Sequence[float]] = 0.0,
+        patch_mode: str = "window",
         **attn_kwargs,
     ):
         super().__init__()
         if depth < 1:
             raise ValueError(f"LOLViTBlock depth (L) must be >= 1, got {depth}")
+        if patch_mode not in PATCH_MODES:
+            raise ValueError(f"unknown patch_mode {patch_mode!r}; choose one of {PATCH_MODES}")
+        if patch < 1:
+            raise ValueError(f"patch size must be >= 1, got {patch}")
+        self.patch = patch if patch_mode == "tokens" else 1  # token patch side; 1 = every pixel a token
+        window = patch if patch_mode == "window" else 1
+        rates = [float(drop_path)] * depth if isinstance(drop_path, (int, float)) else [float(r) for r in drop_path]
+        if len(rates) != depth:
+            raise ValueError(f"drop_path needs one rate per layer ({depth}), got {len(rates)}")
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {sorted(FUSIONS)}")
         self.use_cache = bool(cache)
@@ -184,10 +220,10 @@ class LOLViTBlock(nn.Module):
         self.layers = nn.ModuleList(
             [
                 TransformerLayer(
-                    dim, attention, heads, mlp_ratio,
-                    fold=fold, window=patch, activation=activation, **attn_kwargs,
+                    dim, attention, heads, mlp_ratio, drop_path=rate,
+                    fold=fold, window=window, activation=activation, **attn_kwargs,
                 )
-                for _ in range(depth)
+                for rate in rates
             ]
         )
         self.norm = nn.LayerNorm(dim)
@@ -197,11 +233,18 @@ class LOLViTBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, _, H, W = x.shape
         y = self.up(self.local(x))
-        t = y.flatten(2).transpose(1, 2)  # (B, N, dim)
+        P = self.patch
+        if P > 1:
+            y = F.pad(y, (0, (P - W % P) % P, 0, (P - H % P) % P))
+        C, h, w = y.shape[1], y.shape[2] // P, y.shape[3] // P
+        # (B, C, h*P, w*P) -> (B*P*P, h*w, C): one sequence per pixel position within the patches
+        t = y.reshape(B, C, h, P, w, P).permute(0, 3, 5, 2, 4, 1).reshape(B * P * P, h * w, C)
         cache: Optional[Tensor] = None
         for layer in self.layers:
-            t, keys = layer(t, H, W, cache)
+            t, keys = layer(t, h, w, cache)
             if self.use_cache:
                 cache = keys
-        g = self.norm(t).transpose(1, 2).reshape(B, -1, H, W)
+        g = self.norm(t).reshape(B, P, P, h, w, C).permute(0, 5, 3, 1, 4, 2).reshape(B, C, h * P, w * P)
+        if P > 1:
+            g = g[:, :, :H, :W]
         return self.fusion(x, self.down(g))

@@ -80,15 +80,25 @@ def apply_activation(x: Tensor, activation: str) -> Tensor:
     raise ValueError("unknown DReLu activation '" + activation + "'; choose one of relu, leaky_relu, relu6, silu")
 
 
-def drelu(scores: Tensor, dp: Tensor, eps: float = 1e-6, activation: str = "relu") -> Tensor:
-    """DReLu attention weights (Eq. 3): act(s) / ((DP + eps) * n), computed in fp32.
+DRELU_DIVISORS: List[str] = ["keys", "queries"]
 
-    (..., N, n) -> (..., N, n) float32, where n (the key length) is the last dim of ``scores``.
-    ``dp`` is the learnable scalar DP (a tensor, so gradients reach it).
+
+def drelu(scores: Tensor, dp: Tensor, eps: float = 1e-6, activation: str = "relu", divisor: str = "keys") -> Tensor:
+    """DReLu attention weights (Eq. 3): act(s) / ((DP + eps) * L), computed in fp32.
+
+    (..., N, n) -> (..., N, n) float32. ``divisor`` picks the sequence length L: ``"keys"`` the key
+    count n (the last dim of ``scores``), ``"queries"`` the query length N (Eq. 3's N, "the sequence
+    length"). ``dp`` is the learnable scalar DP (a tensor, so gradients reach it).
     """
-    n = scores.shape[-1]
+    length = scores.shape[-1] if check_drelu_divisor(divisor) == "keys" else scores.shape[-2]
     weights = apply_activation(scores.float(), activation)
-    return weights / ((dp.float() + eps) * n)
+    return weights / ((dp.float() + eps) * length)
+
+
+def check_drelu_divisor(divisor: str) -> str:
+    if divisor not in DRELU_DIVISORS:
+        raise ValueError(f"unknown drelu_divisor {divisor!r}; choose one of {DRELU_DIVISORS}")
+    return divisor
 
 
 def check_activation(activation: str) -> str:

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+from ..image import IMG_EXTENSIONS, ImageReadError, limit_aspect, read_image
+
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_DIRS = (DEBIAN_FASHION_MNIST,)
 FASHION_MNIST_CLASSES = [
@@ -51,7 +52,10 @@ class ArrayDataset(Dataset):
 
 
 class ImageFolderDataset(Dataset):
-    """``root/<class>/<image>`` tree (ImageNet layout). Unreadable images are skipped and counted."""
+    """``root/<class>/<image>`` tree (ImageNet layout). Images are read with
+    :func:`~lolvit.tasks.image.read_image` (16-bit and float images rescaled by value range, strips
+    longer than 16x their width centre-cropped); unreadable files and decompression bombs are
+    skipped and counted."""
 
     def __init__(self, root, transform=None, classes: Optional[List[str]] = None):
         root = Path(root)
@@ -86,10 +90,8 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int):
         path, target = self.samples[i]
         try:
-            with Image.open(path) as f:
-                img = f.convert("RGB")
-        except (OSError, ValueError, SyntaxError, ImportError, Image.DecompressionBombError):
-            # ImportError: an optional Pillow plugin hook (ultralytics' HEIF patch) failed
+            img = limit_aspect(read_image(path))
+        except (ImageReadError, FileNotFoundError):
             self.skipped += 1
             return None
         if self.transform is not None:

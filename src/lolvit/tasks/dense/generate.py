@@ -96,12 +96,13 @@ def mask_polygon(mask: np.ndarray) -> np.ndarray:
     return _convex_hull(corners)
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
-    """Cluttered background: low-frequency colour noise + random shapes and lines + grain."""
+def _background(rng: np.random.Generator, size: int, clutter: float = 1.0) -> Image.Image:
+    """Cluttered background: low-frequency colour noise + random shapes and lines + grain.
+    ``clutter`` scales the number of shapes (6-15 at 1.0)."""
     grid = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
     img = Image.fromarray(grid).resize((size, size), Image.BICUBIC)
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(6, 16))):
+    for _ in range(int(round(int(rng.integers(6, 16)) * clutter))):
         x0, y0 = rng.integers(0, size, 2)
         w, h = rng.integers(size // 16 + 1, size // 3 + 2, 2)
         color = tuple(int(c) for c in rng.integers(0, 256, 3))
@@ -116,6 +117,18 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
     arr = np.asarray(img.filter(ImageFilter.GaussianBlur(0.8)), dtype=np.float32)
     arr += rng.normal(0, 8, arr.shape)
     return Image.fromarray(arr.clip(0, 255).astype(np.uint8))
+
+
+def _occlude(rng: np.random.Generator, img: Image.Image, n: int) -> None:
+    """Draw ``n`` opaque rectangles/ellipses (5-20% of the image side) over the scene; labels stay
+    those of the whole objects (amodal)."""
+    size = img.size[0]
+    draw = ImageDraw.Draw(img)
+    for _ in range(n):
+        w, h = (int(v) for v in rng.integers(max(2, size // 20), max(3, size // 5) + 1, 2))
+        x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+        color = tuple(int(c) for c in rng.integers(0, 256, 3))
+        (draw.rectangle if rng.integers(0, 2) else draw.ellipse)([x0, y0, x0 + w, y0 + h], fill=color)
 
 
 def _overlap(box: Sequence[float], boxes: List[Sequence[float]], limit: float) -> bool:
@@ -145,16 +158,32 @@ def make_scenes(
     max_scale: float = 0.45,
     seed: int = 0,
     fashion_root: Optional[PathLike] = None,
+    *,
+    min_objects: int = 1,
+    clutter: float = 1.0,
+    max_overlap: float = 0.3,
+    occluders: int = 0,
 ) -> Dict[str, int]:
     """Generate the scene dataset under ``out`` (see module docstring). Objects are Fashion-MNIST
     items (train split for ``train``, test split for ``val``) scaled to ``min_scale..max_scale`` of
-    the image side. Returns counts ``{"train": images, "val": images, "objects": total}``."""
+    the image side, ``min_objects..max_objects`` tries per image (a try whose item finds no place
+    is dropped). Harder scenes: ``clutter`` scales the number of background shapes; an object may
+    cover up to ``max_overlap`` of a smaller object's box; ``occluders`` shapes are drawn over each
+    finished scene. Occluded objects keep their whole box and polygon (amodal labels).
+    The defaults reproduce the original dataset. Returns counts
+    ``{"train": images, "val": images, "objects": total}``."""
     if n_train < 1 or n_val < 1:
         raise ValueError(f"n_train and n_val must be >= 1, got {n_train}, {n_val}")
     if imgsz < 32:
         raise ValueError(f"imgsz must be >= 32, got {imgsz}")
-    if max_objects < 1:
-        raise ValueError(f"max_objects must be >= 1, got {max_objects}")
+    if not 1 <= min_objects <= max_objects:
+        raise ValueError(f"need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+    if clutter < 0:
+        raise ValueError(f"clutter must be >= 0, got {clutter}")
+    if not 0 <= max_overlap <= 1:
+        raise ValueError(f"max_overlap must be in [0, 1], got {max_overlap}")
+    if occluders < 0:
+        raise ValueError(f"occluders must be >= 0, got {occluders}")
     if not 0 < min_scale <= max_scale <= 1:
         raise ValueError(f"need 0 < min_scale <= max_scale <= 1, got {min_scale}, {max_scale}")
     out = Path(out)
@@ -170,11 +199,11 @@ def make_scenes(
             "categories": [{"id": i, "name": c} for i, c in enumerate(FASHION_MNIST_CLASSES)],
         }
         for idx in range(n):
-            img = _background(rng, imgsz)
+            img = _background(rng, imgsz, clutter)
             boxes: List[List[float]] = []
             det_lines, seg_lines = [], []
             stem = f"{split}_{idx:05d}"
-            for _ in range(int(rng.integers(1, max_objects + 1))):
+            for _ in range(int(rng.integers(min_objects, max_objects + 1))):
                 k = int(rng.integers(len(items)))
                 side = int(rng.uniform(min_scale, max_scale) * imgsz)
                 side = max(side, 8)
@@ -187,7 +216,7 @@ def make_scenes(
                     x0, y0 = (int(v) for v in rng.integers(0, imgsz - side + 1, 2))
                     ys, xs = np.nonzero(mask)
                     box = [x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1]
-                    if not _overlap(box, boxes, 0.3):
+                    if not _overlap(box, boxes, max_overlap):
                         break
                 else:
                     continue
@@ -211,6 +240,7 @@ def make_scenes(
                     "area": float(mask.sum()), "iscrowd": 0,
                     "segmentation": [[float(v) for v in poly.reshape(-1)]],
                 })
+            _occlude(rng, img, occluders)
             for kind in ("det", "seg"):
                 img.save(out / kind / "images" / split / f"{stem}.jpg", quality=92)
             (out / "det" / "labels" / split / f"{stem}.txt").write_text("".join(s + "\n" for s in det_lines))
