@@ -184,6 +184,9 @@ def test_ssd_run_folder_resume_is_exact(scenes, tmp_path, capsys, monkeypatch):
     assert "already holds a run" in capsys.readouterr().err
     assert main(["ssd", "train", "--resume", "--out", str(tmp_path / "nothing")]) == 2
     assert "no ssd run to resume" in capsys.readouterr().err
+    assert main(["ssd", "train", "--images", str(common["images"]), "--labels", str(common["labels"]),
+                 "--out", str(tmp_path / "old" / "last.safetensors")]) == 2
+    assert "must be a run folder" in capsys.readouterr().err and not (tmp_path / "old").exists()
 
 
 def test_ssd_predict_and_onnx_export(tmp_path, capsys):

@@ -223,6 +223,14 @@ def register() -> None:
 
     tasks.LOLViTBackbone = LOLViTBackbone
     _patch_image_open()
+    if not getattr(tasks.yaml_model_load, "_lolvit", False):  # the trainer rebuilds the model from the name
+        original_load = tasks.yaml_model_load
+
+        def yaml_model_load(path):
+            return original_load(_resolve_cfg(path))
+
+        yaml_model_load.__doc__, yaml_model_load._lolvit = original_load.__doc__, True
+        tasks.yaml_model_load = yaml_model_load
     engine = sys.modules.get("ultralytics.engine.model")
     if engine is None:
         engine = importlib.import_module("ultralytics.engine.model")

@@ -81,6 +81,9 @@ class DenseRun:
         from ..classify.train import RunLogger
 
         self.out, self.kind, self.config = Path(out), kind, dict(config)
+        if self.out.suffix in (".safetensors", ".json", ".pt") or self.out.is_file():
+            raise ValueError(f"--out {self.out} must be a run folder (it receives last.safetensors, results.csv, ...), "
+                             f"not a file name")
         self.history: List[Dict[str, Any]] = []
         self.epoch = 0
         self._resume_state: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = None
