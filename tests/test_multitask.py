@@ -2,6 +2,7 @@
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,12 +68,54 @@ def test_train_val_offline(roads, tmp_path, no_network, capsys):
     assert fps["fps"] > 0
 
 
+def test_run_folder_resume_predict_export(roads, tmp_path, capsys):
+    """issue 11 #11: results.csv / curves / TensorBoard, `--resume` extending a finished run from the run
+    folder alone, predict drawing masks, ONNX export matching PyTorch."""
+    import numpy as np
+    from PIL import Image
+
+    from lolvit.cli import main
+
+    run = tmp_path / "mt"
+    assert main(["multitask", "train", str(roads), "--size", *map(str, SIZE), "--epochs", "1", "--batch", "3",
+                 "--out", str(run)]) == 0
+    assert main(["multitask", "train", "--resume", "--out", str(run), "--epochs", "2"]) == 0
+    report = json.loads(capsys.readouterr().out.split("epoch 2/2")[-1].split("\n", 1)[1])
+    assert len(report["loss"]) == 2 and report["size"] == list(SIZE)
+    rows = (run / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_drivable_loss") and "val_lane_IoU" in rows[0] and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert (run / "curves.png").is_file() and (run / "state.safetensors").is_file()
+
+    assert main(["multitask", "predict", str(roads / "images" / "val"), "--checkpoint", str(run / "last"),
+                 "--out", str(tmp_path / "pred")]) == 0
+    pred = json.loads(capsys.readouterr().out)
+    first = Path(pred["images"][0]["image"])
+    assert 0.0 <= pred["images"][0]["drivable_fraction"] <= 1.0
+    a = np.asarray(Image.open(first).convert("RGB"), dtype=int)
+    b = np.asarray(Image.open(tmp_path / "pred" / first.name).convert("RGB"), dtype=int)
+    assert a.shape == b.shape
+
+    ort = pytest.importorskip("onnxruntime")
+    from lolvit.tasks.dense import infer
+
+    assert main(["multitask", "export", "--checkpoint", str(run / "last"), "--out", str(tmp_path / "m.onnx")]) == 0
+    sess = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 3, *SIZE)
+    outs = sess.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        ref = infer.MultiTaskExport(mt.load_multitask(run / "last")).eval()(x)
+    assert [o.shape for o in outs] == [(2, *SIZE)] * 2
+    for o, r in zip(outs, ref):
+        np.testing.assert_allclose(o, r.numpy(), atol=1e-4)
+
+
 def test_road_loader_skips_bad_input(roads, tmp_path):
     root = tmp_path / "r"
     shutil.copytree(roads, root)
     (root / "da_seg_annotations" / "train" / "train_00000.png").unlink()  # missing mask
     (root / "images" / "train" / "train_00001.jpg").write_bytes(b"not an image")
-    with pytest.warns(UserWarning, match="1 missing masks, 1 undecodable images"):
+    with pytest.warns(UserWarning, match=r"1 missing masks \(first: .*train_00000\.jpg\), "
+                                         r"1 undecodable images \(first: .*train_00001\.jpg: cannot identify"):
         data = RoadSegDataset(root, "train", SIZE)
     assert len(data) == 4
     img, da, ll = data[0]
@@ -113,7 +156,8 @@ def test_detection_branch_train_val(roads, tmp_path, no_network, capsys):
     shutil.copytree(roads, bad)
     (bad / "det_annotations" / "train" / "train_00002.txt").write_text("0 0.5 zz 0.1 0.1\n0 1.7 0.5 0.2 0.2\n")
     (bad / "det_annotations" / "train" / "train_00003.txt").unlink()
-    with pytest.warns(UserWarning, match="1 malformed label lines, 1 boxes outside image"):
+    with pytest.warns(UserWarning, match=r"1 malformed label lines \(first: .*train_00002\.txt:1\), "
+                                         r"1 boxes outside image \(first: .*train_00002\.txt:2\)"):
         report = mt.train_multitask(bad, "lolvit_s", size=SIZE, epochs=1, batch=3, out=tmp_path / "mtd",
                                     threads=2, nc=1)
     assert report["skipped"]["missing_label_files"] == 1 and report["train_images"] == 6

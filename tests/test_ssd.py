@@ -143,3 +143,95 @@ def test_checkpoint_names_keep_their_dots(tmp_path):
     assert meta2["spec"] == {"v": 2} and not (tmp_path / "m.safetensors").exists()
     assert checkpoint_files(tmp_path / "last.json") == (tmp_path / "last.safetensors", tmp_path / "last.json")
     assert checkpoint_files("runs/ssd/last")[0] == Path("runs/ssd/last.safetensors")
+
+
+def test_ssd_run_folder_resume_is_exact(scenes, tmp_path, capsys, monkeypatch):
+    """issue 11 #11: a run folder like classification's (results.csv, TensorBoard, curves, state);
+    a 2-epoch run stopped after epoch 1 and resumed with `--resume` equals 2 epochs bit for bit."""
+    from safetensors.torch import load_file
+
+    from lolvit.cli import main
+    from lolvit.tasks.dense.run import DenseRun
+
+    common = dict(images=scenes / "det" / "images" / "train", labels=scenes / "det" / "labels" / "train",
+                  num_classes=10, size=64, batch=4, threads=2)
+    full = ssd.train_ssd(**common, epochs=2, out=tmp_path / "full")
+    epoch_end = DenseRun.epoch_end
+
+    def killed_after_first(self, row, *args):
+        epoch_end(self, row, *args)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(DenseRun, "epoch_end", killed_after_first)
+    with pytest.raises(KeyboardInterrupt):
+        ssd.train_ssd(**common, epochs=2, out=tmp_path / "half")
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["ssd", "train", "--resume", "--out", str(tmp_path / "half")]) == 0
+    resumed = json_tail(capsys.readouterr().out)
+    assert resumed["loss"] == full["loss"] and len(full["loss"]) == 2
+    a, b = load_file(full["checkpoint"]), load_file(resumed["checkpoint"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = (tmp_path / "half" / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2"]
+    assert (tmp_path / "half" / "curves.png").stat().st_size > 0
+    pytest.importorskip("tensorboard")
+    assert list((tmp_path / "half" / "tensorboard").glob("events.*"))
+    assert main(["ssd", "train", "--resume", "--out", str(tmp_path / "half"), "--epochs", "2"]) == 2
+    assert "already trained 2 of 2 epochs" in capsys.readouterr().err
+    assert main(["ssd", "train", "--images", str(common["images"]), "--labels", str(common["labels"]),
+                 "--out", str(tmp_path / "half")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["ssd", "train", "--resume", "--out", str(tmp_path / "nothing")]) == 2
+    assert "no ssd run to resume" in capsys.readouterr().err
+    assert main(["ssd", "train", "--images", str(common["images"]), "--labels", str(common["labels"]),
+                 "--out", str(tmp_path / "old" / "last.safetensors")]) == 2
+    assert "must be a run folder" in capsys.readouterr().err and not (tmp_path / "old").exists()
+
+
+def test_ssd_predict_and_onnx_export(tmp_path, capsys):
+    """issue 11 #11: `ssd predict` draws boxes on a folder of images; `ssd export` writes an ONNX graph
+    whose decoded boxes/scores match the PyTorch model (best detection = torchvision's postprocess)."""
+    from PIL import Image
+
+    from lolvit.cli import main
+    from lolvit.tasks.dense import infer
+
+    torch.manual_seed(0)
+    model = ssd.build_ssd(3, size=64)
+    ck = ssd.save_ssd(model, tmp_path / "ck", ["cat", "dog", "cow"])
+    src = tmp_path / "imgs"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name, shape in (("a.jpg", (64, 64, 3)), ("b.png", (48, 80, 3))):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(src / name)
+    capsys.readouterr()
+    assert main(["ssd", "predict", str(src), "--checkpoint", str(ck), "--out", str(tmp_path / "pred"),
+                 "--conf", "0"]) == 0
+    report = json_tail(capsys.readouterr().out)
+    assert [Path(r["image"]).name for r in report["images"]] == ["a.jpg", "b.png"]
+    assert report["images"][0]["boxes"] and report["images"][0]["boxes"][0]["name"] in ("cat", "dog", "cow")
+    for name in ("a.jpg", "b.png"):
+        a = np.asarray(Image.open(src / name).convert("RGB"), dtype=int)
+        b = np.asarray(Image.open(tmp_path / "pred" / name).convert("RGB"), dtype=int)
+        assert a.shape == b.shape and (np.abs(a - b) > 60).any()  # boxes drawn
+    assert main(["ssd", "predict", str(tmp_path / "none"), "--checkpoint", str(ck)]) == 2
+
+    onnx = pytest.importorskip("onnxruntime")
+    assert main(["ssd", "export", "--checkpoint", str(ck)]) == 0
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert path == tmp_path / "ck.onnx" and path.is_file()
+    sess = onnx.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.rand(2, 3, 64, 64)
+    boxes, scores = sess.run(None, {"images": x.numpy()})
+    loaded = ssd.load_ssd(ck)
+    with torch.no_grad():
+        ref_boxes, ref_scores = infer.SSDExport(loaded, 64).eval()(x)
+        det = loaded(list(x))
+    np.testing.assert_allclose(boxes, ref_boxes.numpy(), atol=1e-3)
+    np.testing.assert_allclose(scores, ref_scores.numpy(), atol=1e-5)
+    for i in range(2):
+        a, c = divmod(int(scores[i].argmax()), scores.shape[-1])
+        assert scores[i, a, c] == pytest.approx(det[i]["scores"][0].item(), abs=1e-5)
+        assert int(det[i]["labels"][0]) == c + 1
+        np.testing.assert_allclose(boxes[i, a].clip(0, 64), det[i]["boxes"][0].numpy(), atol=1e-3)

@@ -205,7 +205,8 @@ def test_own_checkpoint_loads_safely(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks, "SAFE_LOAD", True)
     ckpt, _ = tasks.torch_safe_load(str(tmp_path / "own.pt"))
     assert isinstance(ckpt["model"].model[0], lu.LOLViTBackbone)
-    assert lu.safe_globals(["lolvit.nn.functional.drelu", "os.system", "lolvit.models.lolvit.LOLViTConfig"]) == {
+    assert lu.safe_globals(["lolvit.nn.functional.drelu", "os.system", "lolvit.__main__.main", "lolvit.cli.main",
+                            "lolvit.models.lolvit.LOLViTConfig"]) == {
         "lolvit.models.lolvit.LOLViTConfig": __import__("lolvit").models.lolvit.LOLViTConfig}
 
 
@@ -217,6 +218,21 @@ def test_yolo_by_bare_name_after_import_lolvit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yolo = YOLO("lolvit-s-det.yaml")
     assert isinstance(yolo.model.model[0], lu.LOLViTBackbone) and yolo.task == "detect"
+
+
+def test_import_lolvit_alone_resolves_bare_names(tmp_path):
+    """`import lolvit` (no .pth, e.g. a checkout on PYTHONPATH) imports no ultralytics, and a later
+    `YOLO('lolvit-s-det.yaml')` builds the packaged model in a fresh interpreter."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, lolvit; assert 'ultralytics' not in sys.modules; from ultralytics import YOLO; "
+            "m = YOLO('lolvit-s-det.yaml'); print(type(m.model.model[0]).__name__, m.task)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "LOLViTBackbone detect" in r.stdout, r.stderr[-2000:]
 
 
 def _yolo_cli(tmp_path, *args):
@@ -235,16 +251,15 @@ def _yolo_cli(tmp_path, *args):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_yolo_cli_builds_lolvit_yaml(tmp_path):
-    """issue 11 #7: `yolo detect predict model=lolvit-s-det.yaml` builds the model (KeyError 'LOLViTBackbone'
-    on main) in a process that never imports lolvit itself."""
-    import ultralytics
-
-    bus = Path(ultralytics.__file__).parent / "assets" / "bus.jpg"
-    r = _yolo_cli(tmp_path, "detect", "predict", "model=lolvit-s-det.yaml", f"source={bus}", "imgsz=64",
-                  "save=False", "device=cpu")
+def test_yolo_cli_trains_lolvit_yaml(scenes, tmp_path):
+    """issue 11 #7: `yolo detect train model=lolvit-s-det.yaml ...` (KeyError 'LOLViTBackbone' on main)
+    builds and trains the model in a process that never imports lolvit itself; the trainer's own
+    rebuild from the bare name resolves too."""
+    r = _yolo_cli(tmp_path, "detect", "train", "model=lolvit-s-det.yaml", f"data={scenes / 'scenes-det.yaml'}",
+                  "epochs=1", "imgsz=64", "batch=4", "workers=0", "device=cpu", f"project={tmp_path / 'runs'}",
+                  "name=t", "plots=False", "val=False")
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    assert "LOLViTBackbone" not in r.stderr and "bus.jpg" in r.stdout + r.stderr
+    assert (tmp_path / "runs" / "t" / "weights" / "last.pt").is_file()
 
 
 def test_packaging_installs_the_pth(tmp_path):
@@ -286,3 +301,14 @@ def test_corrupt_image_reason_not_pi_heif(tmp_path):
         Image.open(bad)
     msg = verify_image_label((str(bad), str(tmp_path / "bad.txt"), "", False, 1, 0, 0, False))[-1]
     assert "cannot identify image file" in msg and "pi_heif" not in msg, msg
+
+
+def test_ultralytics_drops_whole_image_for_one_bad_line(scenes, tmp_path):
+    """What docs/detection.md says: one malformed line or outside box drops the image, valid boxes included."""
+    from ultralytics.data.utils import verify_image_label
+
+    image = sorted((scenes / "det" / "images" / "train").glob("*.jpg"))[0]
+    for text in ("0 0.5 0.5 0.2 0.2\n1 0.5 abc 0.2 0.2\n", "0 0.5 0.5 0.2 0.2\n1 1.4 0.5 0.3 0.3\n"):
+        (tmp_path / "l.txt").write_text(text)
+        lb, *_, corrupt, msg = verify_image_label((str(image), str(tmp_path / "l.txt"), "", False, 10, 0, 0, False))
+        assert lb is None and corrupt == 1, msg

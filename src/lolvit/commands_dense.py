@@ -94,9 +94,9 @@ def _register_ssd(sub) -> None:
     ds = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action in ("train", "val"):
         q = ds.add_parser(action, help=f"{action} on a COCO-json, YOLO-txt or Pascal VOC dataset")
-        q.add_argument("--images", required=True, help=("folder of training images" if action == "train"
+        q.add_argument("--images", required=action == "val", help=("folder of training images" if action == "train"
                        else "folder of validation images") + "; with --format voc the VOC root")
-        q.add_argument("--labels", required=True, help="COCO json file or folder of YOLO txt labels; "
+        q.add_argument("--labels", required=action == "val", help="COCO json file or folder of YOLO txt labels; "
                        "with --format voc the split name (ImageSets/Main/SPLIT.txt)")
         q.add_argument("--format", dest="fmt", default="auto", choices=("auto", "voc"),
                        help="auto: YOLO txt folder or COCO json; voc: Pascal VOC xml")
@@ -114,13 +114,18 @@ def _register_ssd(sub) -> None:
             q.add_argument("--class-names", nargs="+", default=None, metavar="NAME",
                            help="class names in label order (VOC default: the 20 VOC classes when the XML "
                                 "names are all VOC's, else the sorted names found)")
-            q.add_argument("--epochs", type=int, default=10)
+            q.add_argument("--epochs", type=int, default=None, help="default 10; with --resume: the run's "
+                           "(a larger value extends it)")
             q.add_argument("--lr", type=float, default=2e-3)
-            q.add_argument("--out", default="runs/ssd/last.safetensors")
+            q.add_argument("--out", default="runs/ssd", help="run folder: last.safetensors/.json, "
+                           "state.safetensors, results.csv, tensorboard/, curves.png")
             q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--resume", action="store_true", help="continue the run in --out with its settings")
+            q.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
         else:
             q.add_argument("--checkpoint", required=True)
         q.set_defaults(func=_ssd_train if action == "train" else _ssd_val)
+    _register_predict_export(ds, "ssd", "runs/ssd/predict")
 
 
 def _ssd_train(a) -> int:
@@ -129,7 +134,7 @@ def _ssd_train(a) -> int:
     report = ssd.train_ssd(a.images, a.labels, a.num_classes, variant=a.variant, size=a.size, epochs=a.epochs,
                            batch=a.batch, lr=a.lr, out=a.out, val_images=a.val_images, val_labels=a.val_labels,
                            threads=a.threads, seed=a.seed, fmt=a.fmt, difficult=a.difficult,
-                           class_names=a.class_names)
+                           class_names=a.class_names, resume=a.resume, tensorboard=a.tensorboard)
     _print(report)
     return 0
 
@@ -149,23 +154,29 @@ def _register_multitask(sub) -> None:
     ds = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action in ("train", "val"):
         q = ds.add_parser(action)
-        q.add_argument("root", help="dataset root with images/, da_seg_annotations/, ll_seg_annotations/")
+        q.add_argument("root", nargs="?" if action == "train" else None,
+                       help="dataset root with images/, da_seg_annotations/, ll_seg_annotations/")
         q.add_argument("--size", nargs=2, type=int, default=(192, 320), metavar=("H", "W"))
         q.add_argument("--batch", type=int, default=8)
         q.add_argument("--threads", type=int, default=2)
         q.add_argument("--split", default="val" if action == "val" else "train")
         if action == "train":
             q.add_argument("--variant", default="lolvit_s", choices=("lolvit_s", "lolvit_x"))
-            q.add_argument("--epochs", type=int, default=10)
+            q.add_argument("--epochs", type=int, default=None, help="default 10; with --resume: the run's "
+                           "(a larger value extends it)")
             q.add_argument("--lr", type=float, default=2e-3)
-            q.add_argument("--out", default="runs/multitask/last.safetensors")
+            q.add_argument("--out", default="runs/multitask", help="run folder: last.safetensors/.json, "
+                           "state.safetensors, results.csv, tensorboard/, curves.png")
             q.add_argument("--seed", type=int, default=0)
+            q.add_argument("--resume", action="store_true", help="continue the run in --out with its settings")
+            q.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
             q.add_argument("--detect", action="store_true",
                            help="add the detection branch (YOLO boxes in det_annotations/SPLIT/*.txt)")
             q.add_argument("--nc", type=int, default=1, help="detection classes with --detect")
         else:
             q.add_argument("--checkpoint", required=True)
         q.set_defaults(func=_mt_train if action == "train" else _mt_val)
+    _register_predict_export(ds, "multitask", "runs/multitask/predict")
 
 
 def _mt_train(a) -> int:
@@ -173,7 +184,7 @@ def _mt_train(a) -> int:
 
     _print(mt.train_multitask(a.root, variant=a.variant, size=tuple(a.size), epochs=a.epochs, batch=a.batch,
                               lr=a.lr, out=a.out, threads=a.threads, seed=a.seed, split=a.split,
-                              nc=a.nc if a.detect else 0))
+                              nc=a.nc if a.detect else 0, resume=a.resume, tensorboard=a.tensorboard))
     return 0
 
 
@@ -183,6 +194,52 @@ def _mt_val(a) -> int:
     model = mt.load_multitask(a.checkpoint)
     _print(mt.evaluate_multitask(model, a.root, split=a.split, size=tuple(a.size), batch=a.batch,
                                  threads=a.threads))
+    return 0
+
+
+# --------------------------------------------------------------------------- predict / export (SSD, multi-task)
+def _register_predict_export(ds, task: str, predict_out: str) -> None:
+    what = "boxes" if task == "ssd" else "drivable area, lane lines (and boxes)"
+    pr = ds.add_parser("predict", help=f"draw {what} on an image or a folder of images")
+    pr.add_argument("source", help="image file or folder")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--out", default=predict_out, help="folder for the annotated images")
+    pr.add_argument("--conf", type=float, default=0.3 if task == "ssd" else 0.25, help="box score threshold")
+    pr.add_argument("--threads", type=int, default=2)
+    e = ds.add_parser("export", help="ONNX graph at the trained size (dynamic batch)")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--out", default=None, help="ONNX file (default: the checkpoint path with .onnx)")
+    if task == "multitask":
+        pr.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"), help="default: trained size")
+        e.add_argument("--size", nargs=2, type=int, default=None, metavar=("H", "W"), help="default: trained size")
+    pr.set_defaults(func=_dense_predict, task=task)
+    e.set_defaults(func=_dense_export, task=task)
+
+
+def _dense_predict(a) -> int:
+    from lolvit.tasks.dense import infer
+
+    if a.task == "ssd":
+        results = infer.predict_ssd(a.checkpoint, a.source, a.out, conf=a.conf, threads=a.threads)
+    else:
+        results = infer.predict_multitask(a.checkpoint, a.source, a.out, size=a.size, conf=a.conf,
+                                          threads=a.threads)
+    _print({"out": a.out, "images": results})
+    return 0
+
+
+def _dense_export(a) -> int:
+    from pathlib import Path
+
+    from lolvit.tasks.dense import infer
+    from lolvit.tasks.dense.checkpoint import checkpoint_files
+
+    out = a.out or str(checkpoint_files(a.checkpoint)[0].with_suffix(".onnx"))
+    if a.task == "ssd":
+        path = infer.export_ssd(a.checkpoint, out)
+    else:
+        path = infer.export_multitask(a.checkpoint, out, size=a.size)
+    print(Path(path))
     return 0
 
 

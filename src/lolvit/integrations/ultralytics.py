@@ -108,17 +108,18 @@ def _fused_backbones(model: nn.Module) -> None:
             m.fuse()
 
 
-_SAFE_MODULES = ("lolvit.", "timm.layers.")
+_SAFE_MODULES = ("lolvit.nn.", "lolvit.models.", "lolvit.integrations.", "timm.layers.")
 
 
 def safe_globals(names: List[str]) -> Dict[str, Any]:
     """The lolvit (and timm layer) classes among a checkpoint's pickled global ``names`` that may be
-    rebuilt by a ``weights_only`` load: ``nn.Module`` subclasses and lolvit's config dataclasses.
-    Functions and any other object are never allowed."""
+    rebuilt by a ``weights_only`` load: ``nn.Module`` subclasses and lolvit's config dataclasses, from
+    the model packages only (importing them has no side effect). Functions and any other object are
+    never allowed."""
     allowed = {}
     for name in names:
         module, _, attr = name.rpartition(".")
-        if not name.startswith(_SAFE_MODULES) or "." in attr:
+        if not name.startswith(_SAFE_MODULES) or "__main__" in module:
             continue
         try:
             obj = getattr(importlib.import_module(module), attr, None)
@@ -222,6 +223,14 @@ def register() -> None:
 
     tasks.LOLViTBackbone = LOLViTBackbone
     _patch_image_open()
+    if not getattr(tasks.yaml_model_load, "_lolvit", False):  # the trainer rebuilds the model from the name
+        original_load = tasks.yaml_model_load
+
+        def yaml_model_load(path):
+            return original_load(_resolve_cfg(path))
+
+        yaml_model_load.__doc__, yaml_model_load._lolvit = original_load.__doc__, True
+        tasks.yaml_model_load = yaml_model_load
     engine = sys.modules.get("ultralytics.engine.model")
     if engine is None:
         engine = importlib.import_module("ultralytics.engine.model")

@@ -21,6 +21,7 @@ lane IoU = IoU of the lane class, lane accuracy = TP / (TP + FN) of the lane cla
 ``lineAccuracy``), lane mIoU. Undefined per-image values (no lane in label nor prediction) are
 skipped (nan-mean).
 """
+import json
 import math
 import random
 import statistics
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from ...models import MODEL_CONFIGS, create_lolvit
 from ...nn.blocks import ConvBNAct
-from .checkpoint import read_spec_checkpoint, save_spec_checkpoint
+from .checkpoint import checkpoint_files, read_spec_checkpoint, save_spec_checkpoint
 from .coco import coco_bbox_stats
 from .datasets import RoadSegDataset, road_collate
 
@@ -278,59 +279,127 @@ def load_multitask(path: PathLike) -> LOLViTMultiTask:
     return model.eval()
 
 
-def train_multitask(root: PathLike, variant: str = "lolvit_s", size: Tuple[int, int] = (192, 320),
-                    epochs: int = 10, batch: int = 8, lr: float = 2e-3, weight_decay: float = 0.01,
+def trained_size(path: PathLike) -> Tuple[int, int]:
+    """(H, W) a multi-task checkpoint was trained at (from its .json; (192, 320) when not recorded)."""
+    meta_path = checkpoint_files(path)[1]
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"checkpoint {str(meta_path)!r} not found")
+    extra = json.loads(meta_path.read_text()).get("extra") or {}
+    size = (extra.get("config") or {}).get("size") or (extra.get("train") or {}).get("size") or (192, 320)
+    return int(size[0]), int(size[1])
+
+
+def train_multitask(root: Optional[PathLike] = None, variant: str = "lolvit_s", size: Tuple[int, int] = (192, 320),
+                    epochs: Optional[int] = None, batch: int = 8, lr: float = 2e-3, weight_decay: float = 0.01,
                     out: Optional[PathLike] = None, threads: int = 2, seed: int = 0, split: str = "train",
-                    val_split: Optional[str] = "val", nc: int = 0) -> Dict[str, Any]:
+                    val_split: Optional[str] = "val", nc: int = 0, resume: bool = False, tensorboard: bool = True,
+                    progress: Optional[bool] = None) -> Dict[str, Any]:
     """AdamW + cosine schedule + horizontal flips on ``root/.../{split}``; evaluates on
-    ``val_split`` when that split exists. ``nc > 0`` adds the detection branch (boxes from
-    ``det_annotations``; its loss is added to the segmentation losses). Returns a report (losses,
-    time, metrics)."""
-    if epochs < 1 or batch < 1:
-        raise ValueError(f"epochs and batch must be >= 1, got {epochs}, {batch}")
+    ``val_split`` after every epoch when that split exists. ``nc > 0`` adds the detection branch (boxes
+    from ``det_annotations``; its loss is added to the segmentation losses).
+
+    ``out`` is a run folder (:mod:`.run`: ``last`` checkpoint, ``state.safetensors``, ``results.csv``,
+    TensorBoard, ``curves.png``); ``resume=True`` continues the run in ``out`` with its stored
+    configuration (``epochs`` may extend it). ``epochs`` defaults to 10. ``progress``: tqdm bars (None:
+    when stderr is a terminal). Returns a report (losses, time, metrics)."""
+    from .run import DenseRun
+
+    if resume:
+        if out is None:
+            raise ValueError("--resume needs --out, the run folder to continue")
+        cfg = DenseRun.stored_config(out, "multitask")
+        cfg["epochs"] = epochs if epochs is not None else cfg["epochs"]
+    else:
+        if root is None:
+            raise ValueError("the dataset root is required (unless --resume continues a run)")
+        cfg = dict(root=str(root), variant=variant, size=[int(v) for v in size], batch=batch, lr=lr,
+                   epochs=10 if epochs is None else epochs, weight_decay=weight_decay, seed=seed, split=split,
+                   val_split=val_split, nc=nc)
+    if cfg["epochs"] < 1 or cfg["batch"] < 1:
+        raise ValueError(f"epochs and batch must be >= 1, got {cfg['epochs']}, {cfg['batch']}")
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    data = RoadSegDataset(root, split, size, boxes=bool(nc), num_classes=nc or None)
-    loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=len(data) > batch,
-                                         generator=torch.Generator().manual_seed(seed),
+    root, size, nc, epochs, seed = cfg["root"], tuple(cfg["size"]), cfg["nc"], cfg["epochs"], cfg["seed"]
+    data = RoadSegDataset(root, cfg["split"], size, boxes=bool(nc), num_classes=nc or None)
+    generator = torch.Generator()
+    loader = torch.utils.data.DataLoader(data, batch_size=cfg["batch"], shuffle=True,
+                                         drop_last=len(data) > cfg["batch"], generator=generator,
                                          collate_fn=road_collate if nc else None)
-    model = LOLViTMultiTask(variant, nc=nc)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    torch.manual_seed(seed)
+    model = LOLViTMultiTask(cfg["variant"], nc=nc)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    history: List[Dict[str, float]] = []
+    val_split = cfg["val_split"]
+    has_val = bool(val_split) and (Path(root) / "images" / val_split).is_dir()
+    run = DenseRun(out, "multitask", cfg, resume=resume, tensorboard=tensorboard) if out is not None else None
+    start = run.restore(model, opt, sched) if run else 0
+    if start >= epochs:
+        raise ValueError(f"--resume: the run in {out} already trained {start} of {epochs} epochs; "
+                         f"pass a larger --epochs to extend it")
+    save_last = lambda path: save_multitask(model, path, {"config": cfg})  # noqa: E731
+    history = list(run.history) if run else []
+    val: Dict[str, Any] = {}
     t0 = time.time()
-    for _ in range(epochs):
-        model.train()
-        sums = {"drivable": 0.0, "lane": 0.0, "total": 0.0, **({"detect": 0.0} if nc else {})}
-        n = 0
-        for img, da, ll, *det in loader:
-            if random.random() < 0.5:
-                img, da, ll = img.flip(-1), da.flip(-1), ll.flip(-1)
-                if det:
-                    det[0]["bboxes"] = det[0]["bboxes"].clone()
-                    det[0]["bboxes"][:, 0] = 1 - det[0]["bboxes"][:, 0]
-            pred = model(img)
-            losses = multitask_loss(pred, da, ll)
-            if det:
-                losses["detect"] = detection_loss(model, pred["detect"], det[0])
-                losses["total"] = losses["total"] + losses["detect"]
-            if not torch.isfinite(losses["total"]):
-                raise ValueError(f"multi-task loss became {losses['total'].item()} (check masks / learning rate)")
-            opt.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            opt.step()
-            sched.step()
-            for k in sums:
-                sums[k] += losses[k].item()
-            n += 1
-        history.append({k: v / max(n, 1) for k, v in sums.items()})
-    report: Dict[str, Any] = {"variant": variant, "size": list(size), "epochs": epochs, "train_images": len(data),
+    try:
+        for epoch in range(start, epochs):
+            torch.manual_seed(seed + epoch)
+            generator.manual_seed(seed + epoch)
+            row = {"epoch": epoch + 1, **_multitask_epoch(model, loader, opt, sched, random.Random(seed + epoch),
+                                                          f"epoch {epoch + 1}/{epochs}", progress)}
+            if has_val:
+                val = evaluate_multitask(model, root, val_split, size, cfg["batch"], threads)
+                dataset = val["metrics"]["dataset"]
+                row.update({f"val_{k}": v for k, v in dataset.items() if isinstance(v, (int, float))})
+                if "detection" in val:
+                    row.update(val_map50_95=val["detection"]["map50_95"], val_map50=val["detection"]["map50"])
+            print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                                             if k not in ("epoch", "lr")), flush=True)
+            history.append(row)
+            if run:
+                run.epoch_end(row, model, opt, sched, save_last)
+    finally:
+        curves = run.close(f"multi-task {cfg['variant']} on {root}") if run else None
+    losses = [{("total" if k == "train_loss" else k[len("train_"):-len("_loss")]): v for k, v in r.items()
+               if k.startswith("train_")} for r in history]
+    report: Dict[str, Any] = {"variant": cfg["variant"], "size": list(size), "epochs": epochs,
+                              "train_images": len(data),
                               "skipped": {k: v for k, v in data.stats.items() if k != "images"},
-                              "loss": history, "train_s": round(time.time() - t0, 1)}
-    if val_split and (Path(root) / "images" / val_split).is_dir():
-        report["val"] = evaluate_multitask(model, root, val_split, size, batch, threads)
-    if out is not None:
-        report["checkpoint"] = str(save_multitask(model, out, {"train": report}))
+                              "loss": losses, "train_s": round(time.time() - t0, 1)}
+    if has_val:
+        report["val"] = val
+    if run:
+        report.update(checkpoint=str(run.out / "last.safetensors"), out=str(run.out), curves=str(curves))
     return report
+
+
+def _multitask_epoch(model: LOLViTMultiTask, loader, opt: torch.optim.Optimizer, sched: Any, flips: random.Random,
+                     desc: str, progress: Optional[bool]) -> Dict[str, float]:
+    from tqdm import tqdm
+
+    model.train()
+    sums = {"total": 0.0, "drivable": 0.0, "lane": 0.0, **({"detect": 0.0} if model.nc else {})}
+    n = 0
+    bar = tqdm(loader, desc=desc, disable=None if progress is None else not progress, leave=False)
+    for img, da, ll, *det in bar:
+        if flips.random() < 0.5:
+            img, da, ll = img.flip(-1), da.flip(-1), ll.flip(-1)
+            if det:
+                det[0]["bboxes"] = det[0]["bboxes"].clone()
+                det[0]["bboxes"][:, 0] = 1 - det[0]["bboxes"][:, 0]
+        pred = model(img)
+        losses = multitask_loss(pred, da, ll)
+        if det:
+            losses["detect"] = detection_loss(model, pred["detect"], det[0])
+            losses["total"] = losses["total"] + losses["detect"]
+        if not torch.isfinite(losses["total"]):
+            raise ValueError(f"multi-task loss became {losses['total'].item()} (check masks / learning rate)")
+        opt.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        opt.step()
+        sched.step()
+        for k in sums:
+            sums[k] += losses[k].item()
+        n += 1
+        bar.set_postfix(loss=f"{sums['total'] / n:.4f}")
+    means = {("train_loss" if k == "total" else f"train_{k}_loss"): v / max(n, 1) for k, v in sums.items()}
+    return {**means, "lr": sched.get_last_lr()[0]}

@@ -129,63 +129,127 @@ class NoSingletonBatches(torch.utils.data.Sampler):
         return full + (rest > 1)
 
 
-def train_ssd(images: PathLike, labels: PathLike, num_classes: Optional[int], variant: str = "lolvit_s",
-              size: int = 320, epochs: int = 10, batch: int = 16, lr: float = 2e-3, weight_decay: float = 0.01,
+def train_ssd(images: Optional[PathLike] = None, labels: Optional[PathLike] = None,
+              num_classes: Optional[int] = None, variant: str = "lolvit_s", size: int = 320,
+              epochs: Optional[int] = None, batch: int = 16, lr: float = 2e-3, weight_decay: float = 0.01,
               out: Optional[PathLike] = None, val_images: Optional[PathLike] = None,
               val_labels: Optional[PathLike] = None, threads: int = 2, seed: int = 0, fmt: str = "auto",
-              difficult: str = "skip", class_names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+              difficult: str = "skip", class_names: Optional[Sequence[str]] = None, resume: bool = False,
+              tensorboard: bool = True, progress: Optional[bool] = None) -> Dict[str, Any]:
     """Train with AdamW + cosine schedule + horizontal flips; multibox loss (smooth-L1 + CE with 3:1
     hard negatives, torchvision's). ``fmt``/``difficult``/``class_names`` as in :class:`DetectionDataset`
     (``"voc"``: ``images`` is the VOC root, ``labels`` the split name, class names from the data unless
     given); ``num_classes=None`` takes the loader's. The validation data is read with the training
-    class names. Raises ValueError when the training data holds no object.
-    Returns a report (losses, time, COCO metrics when val data given)."""
-    if epochs < 1 or batch < 1:
-        raise ValueError(f"epochs and batch must be >= 1, got {epochs}, {batch}")
+    class names and evaluated after every epoch. Raises ValueError when the training data holds no object.
+
+    ``out`` is a run folder (:mod:`.run`: ``last`` checkpoint, ``state.safetensors``, ``results.csv``,
+    TensorBoard, ``curves.png``). ``resume=True`` continues the run in ``out`` with its stored
+    configuration (``epochs`` may extend it). ``epochs`` defaults to 10. ``progress``: tqdm bars
+    (None: when stderr is a terminal). Returns a report (losses, time, COCO metrics when val data given)."""
+    from .run import DenseRun
+
+    if resume:
+        if out is None:
+            raise ValueError("--resume needs --out, the run folder to continue")
+        cfg = DenseRun.stored_config(out, "ssd")
+        cfg["epochs"] = epochs if epochs is not None else cfg["epochs"]
+    else:
+        if images is None or labels is None:
+            raise ValueError("--images and --labels are required (unless --resume continues a run)")
+        cfg = dict(images=str(images), labels=str(labels), num_classes=num_classes, variant=variant, size=size,
+                   epochs=10 if epochs is None else epochs, batch=batch, lr=lr, weight_decay=weight_decay,
+                   val_images=None if val_images is None else str(val_images),
+                   val_labels=None if val_labels is None else str(val_labels), seed=seed, fmt=fmt,
+                   difficult=difficult, class_names=None if class_names is None else list(class_names))
+    if cfg["epochs"] < 1 or cfg["batch"] < 1:
+        raise ValueError(f"epochs and batch must be >= 1, got {cfg['epochs']}, {cfg['batch']}")
     torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    random.seed(seed)
-    data = DetectionDataset(images, labels, num_classes=num_classes, class_names=class_names, fmt=fmt,
-                            difficult=difficult)
+    data = DetectionDataset(cfg["images"], cfg["labels"], num_classes=cfg["num_classes"],
+                            class_names=cfg["class_names"], fmt=cfg["fmt"], difficult=cfg["difficult"])
     if data.stats["boxes"] == 0:
         skipped = {k: v for k, v in data.stats.items() if k not in ("images", "boxes", "background")}
-        raise ValueError(f"no objects to train on in {str(images)!r} (labels {str(labels)!r}; classes "
+        raise ValueError(f"no objects to train on in {cfg['images']!r} (labels {cfg['labels']!r}; classes "
                          f"{data.class_names}): {len(data)} images, skipped {skipped or 'nothing'}")
-    loader = torch.utils.data.DataLoader(data, batch_sampler=NoSingletonBatches(len(data), batch,
-                                         torch.Generator().manual_seed(seed)), collate_fn=detection_collate)
-    model = build_ssd(data.num_classes if num_classes is None else num_classes, variant, size)
+    sampler = NoSingletonBatches(len(data), cfg["batch"], torch.Generator())
+    loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=detection_collate)
+    val = None
+    if cfg["val_images"] is not None and cfg["val_labels"] is not None:
+        val = DetectionDataset(cfg["val_images"], cfg["val_labels"], num_classes=data.num_classes,
+                               class_names=data.class_names if cfg["fmt"] == "voc" else None, fmt=cfg["fmt"],
+                               difficult=cfg["difficult"])
+    seed, epochs = cfg["seed"], cfg["epochs"]
+    torch.manual_seed(seed)
+    model = build_ssd(data.num_classes if cfg["num_classes"] is None else cfg["num_classes"], cfg["variant"],
+                      cfg["size"])
     model.class_names = list(data.class_names)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     steps = epochs * len(loader)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    history: List[float] = []
+    run = DenseRun(out, "ssd", cfg, resume=resume, tensorboard=tensorboard) if out is not None else None
+    start = run.restore(model, opt, sched) if run else 0
+    if start >= epochs:
+        raise ValueError(f"--resume: the run in {out} already trained {start} of {epochs} epochs; "
+                         f"pass a larger --epochs to extend it")
+    save_last = lambda path: save_ssd(model, path, data.class_names, {"config": cfg})  # noqa: E731
+    history = list(run.history) if run else []
+    metrics: Dict[str, float] = {}
     t0 = time.time()
-    for _ in range(epochs):
-        model.train()
-        total, n = 0.0, 0
-        for imgs, targets in loader:
-            for img, tgt in zip(imgs, targets):
-                if random.random() < 0.5:
-                    _flip(img, tgt)
-            losses = model(imgs, targets)
-            loss = losses["bbox_regression"] + losses["classification"]
-            if not torch.isfinite(loss):
-                raise ValueError(f"SSD loss became {loss.item()} (check labels / learning rate)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total, n = total + loss.item(), n + 1
-        history.append(total / max(n, 1))
-    report: Dict[str, Any] = {"variant": variant, "size": size, "epochs": epochs, "train_images": len(data),
+    try:
+        for epoch in range(start, epochs):
+            row = {"epoch": epoch + 1, **_ssd_epoch(model, loader, sampler, opt, sched, seed + epoch, epoch, epochs,
+                                                    progress)}
+            if val is not None:
+                metrics = _evaluate_data(model, val, cfg["batch"])
+                row.update(val_map50_95=metrics["map50_95"], val_map50=metrics["map50"])
+            print(f"epoch {epoch + 1}/{epochs} " + " ".join(f"{k} {v:.4f}" for k, v in row.items()
+                                                             if k not in ("epoch", "lr")), flush=True)
+            history.append(row)
+            if run:
+                run.epoch_end(row, model, opt, sched, save_last)
+    finally:
+        curves = run.close(f"SSD {cfg['variant']} on {cfg['images']}") if run else None
+    report: Dict[str, Any] = {"variant": cfg["variant"], "size": cfg["size"], "epochs": epochs,
+                              "train_images": len(data), "classes": data.class_names,
                               "skipped": {k: v for k, v in data.stats.items() if k not in ("images", "boxes")},
-                              "loss": history, "train_s": round(time.time() - t0, 1)}
-    if val_images is not None and val_labels is not None:
-        report["val"] = evaluate_ssd(model, val_images, val_labels, batch=batch, threads=threads, fmt=fmt,
-                                     difficult=difficult)
-    if out is not None:
-        report["checkpoint"] = str(save_ssd(model, out, data.class_names, {"train": report}))
+                              "loss": [r["train_loss"] for r in history], "train_s": round(time.time() - t0, 1)}
+    if val is not None:
+        report["val"] = metrics
+    if run:
+        report.update(checkpoint=str(run.out / "last.safetensors"), out=str(run.out), curves=str(curves))
     return report
+
+
+def _ssd_epoch(model: nn.Module, loader, sampler: NoSingletonBatches, opt: torch.optim.Optimizer, sched: Any,
+               seed: int, epoch: int, epochs: int, progress: Optional[bool]) -> Dict[str, float]:
+    """One epoch; its randomness (order, flips) depends only on ``seed`` so a resumed run repeats it."""
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    sampler.generator.manual_seed(seed)
+    flips = random.Random(seed)
+    model.train()
+    sums = {"train_loss": 0.0, "train_box_loss": 0.0, "train_cls_loss": 0.0}
+    n = 0
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{epochs}", disable=None if progress is None else not progress,
+               leave=False)
+    for imgs, targets in bar:
+        for img, tgt in zip(imgs, targets):
+            if flips.random() < 0.5:
+                _flip(img, tgt)
+        losses = model(imgs, targets)
+        loss = losses["bbox_regression"] + losses["classification"]
+        if not torch.isfinite(loss):
+            raise ValueError(f"SSD loss became {loss.item()} (check labels / learning rate)")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        for k, v in (("train_loss", loss), ("train_box_loss", losses["bbox_regression"]),
+                     ("train_cls_loss", losses["classification"])):
+            sums[k] += v.item()
+        n += 1
+        bar.set_postfix(loss=f"{sums['train_loss'] / n:.4f}")
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "lr": sched.get_last_lr()[0]}
 
 
 @torch.no_grad()
@@ -199,6 +263,11 @@ def evaluate_ssd(model: nn.Module, images: PathLike, labels: PathLike, batch: in
         names = None
     data = DetectionDataset(images, labels, num_classes=model.lolvit_spec["num_classes"], class_names=names,
                             fmt=fmt, difficult=difficult)
+    return _evaluate_data(model, data, batch)
+
+
+@torch.no_grad()
+def _evaluate_data(model: nn.Module, data: DetectionDataset, batch: int) -> Dict[str, float]:
     loader = torch.utils.data.DataLoader(data, batch_size=batch, collate_fn=detection_collate)
     model.eval()
     dets: List[Dict[str, Any]] = []
