@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-BENCHES = ("attention", "fawa", "models", "scaling")
+BENCHES = ("attention", "fawa", "models", "scaling", "deploy", "train")
 
 
 def default_out(name: str) -> Path:
