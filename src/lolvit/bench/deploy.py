@@ -1,5 +1,5 @@
 """``lolvit bench deploy``: LOLViT against the timm models users deploy instead, in every CPU
-runtime each supports, one interleaved run per input shape.
+runtime each supports; per input shape, one interleaved group of all models per runtime.
 
 Runtimes: ``eager`` (each model's own deploy form: :func:`lolvit.fuse` for LOLViT, timm's
 ``reparameterize_model`` for the others), ``eager_cl`` (timm models in channels-last memory, the
@@ -19,7 +19,7 @@ from ..nn.fuse import fuse
 from ..tasks.summary import count_flops, count_params
 from .models import _openvino_runner, _ort_runner, _torch_runner, build_model, export_onnx
 from .report import header, machine_info, markdown_table, write_report
-from .timing import median, time_interleaved
+from .timing import median, time_interleaved, warm_thread_pool
 
 MODELS = ("lolvit_s", "lolvit_x", "mobilevit_xxs", "mobilevit_xs", "mobilevitv2_050", "ghostnet_100",
           "mobilenetv3_small_100", "efficientvit_m0")
@@ -27,7 +27,7 @@ RUNTIMES = ("eager", "eager_cl", "compile", "onnxruntime", "openvino")
 # the issue's comparisons: lolvit_x against mobilevit_xs, lolvit_s against ghostnet_100
 PEERS = {"lolvit_x": "mobilevit_xs", "lolvit_s": "ghostnet_100"}
 FULL = dict(models=MODELS, runtimes=("eager", "eager_cl", "onnxruntime", "openvino"),
-            shapes=((224, 1), (384, 1), (640, 1), (224, 32)), warmup=2, repeats=9, budget_s=100.0)
+            shapes=((224, 1), (384, 1), (640, 1), (224, 32)), warmup=2, repeats=9, budget_s=40.0)
 QUICK = dict(models=("lolvit_s", "mobilevit_xxs"), runtimes=("eager", "onnxruntime", "openvino"),
              shapes=((64, 1), (64, 4)), warmup=1, repeats=3, budget_s=2.0)
 
@@ -35,6 +35,26 @@ QUICK = dict(models=("lolvit_s", "mobilevit_xxs"), runtimes=("eager", "onnxrunti
 def _build(name: str) -> nn.Module:
     model = build_model(name)
     return fuse(model) if name.startswith("lolvit") else model
+
+
+def _runner(
+    name: str, m: nn.Module, rt: str, x: torch.Tensor, threads: int, tmp: str, compiled: Dict[str, nn.Module],
+) -> Optional[Callable[[], Any]]:
+    """The timed callable of one model in one runtime (None: not applicable)."""
+    if rt == "eager":
+        return _torch_runner(m, x)
+    if rt == "eager_cl":
+        if name.startswith("lolvit"):
+            return None  # lolvit.fuse is channels-last already
+        cl = copy.deepcopy(m).to(memory_format=torch.channels_last)
+        return _torch_runner(cl, x.contiguous(memory_format=torch.channels_last))
+    if rt == "compile":
+        return _torch_runner(compiled[name], x)
+    path = os.path.join(tmp, f"{name}_{x.shape[-1]}.onnx")
+    if not os.path.exists(path):
+        export_onnx(m, path, x.shape[-1])
+    make = _ort_runner if rt == "onnxruntime" else _openvino_runner
+    return make(path, x, threads)
 
 
 def run(
@@ -47,7 +67,8 @@ def run(
     budget_s: Optional[float] = FULL["budget_s"],
     seed: int = 0,
 ) -> Dict[str, Any]:
-    """Per (size, batch) shape, every model x runtime is timed interleaved. Rows carry raw
+    """Per (size, batch) shape and runtime, all models are timed interleaved (runtimes one after
+    the other: OpenMP/TBB workers of one runtime idling next to another's distort both). Rows carry raw
     samples, ``median_ms``/``min_ms``, ``img_s``, ``gflops`` (per image, FlopCounterMode at the
     real size), achieved ``gflops_per_s`` and ``vs_peer`` (time / time of the model's peer in
     :data:`PEERS`, same runtime and shape; medians, and ``vs_peer_min`` from the fastest samples)."""
@@ -60,6 +81,7 @@ def run(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     machine = machine_info(threads)
+    warm_thread_pool()
     built = {name: _build(name) for name in models}
     params = {name: count_params(m) for name, m in built.items()}
     compiled: Dict[str, nn.Module] = {}
@@ -73,31 +95,24 @@ def run(
     with tempfile.TemporaryDirectory(prefix="lolvit-deploy-") as tmp:
         for size, batch in shapes:
             x = torch.randn(batch, 3, size, size)
-            fns: Dict[str, Callable[[], Any]] = {}
-            for name, m in built.items():
-                if (name, size) not in gflops:
-                    gflops[name, size] = count_flops(m, (size, size))[0] / 1e9
-                for rt in runtimes:
-                    key = f"{name}|{rt}"
+            samples: Dict[str, List[float]] = {}
+            for rt in runtimes:  # one group per runtime, its sessions built just before and freed after
+                fns: Dict[str, Callable[[], Any]] = {}
+                for name, m in built.items():
+                    if (name, size) not in gflops:
+                        gflops[name, size] = count_flops(m, (size, size))[0] / 1e9
                     try:
-                        if rt == "eager":
-                            fns[key] = _torch_runner(m, x)
-                        elif rt == "eager_cl":
-                            if name.startswith("lolvit"):
-                                continue  # lolvit.fuse is channels-last already
-                            cl = copy.deepcopy(m).to(memory_format=torch.channels_last)
-                            fns[key] = _torch_runner(cl, x.contiguous(memory_format=torch.channels_last))
-                        elif rt == "compile":
-                            fns[key] = _torch_runner(compiled[name], x)
-                        else:
-                            path = os.path.join(tmp, f"{name}_{size}.onnx")
-                            if not os.path.exists(path):
-                                export_onnx(m, path, size)
-                            make = _ort_runner if rt == "onnxruntime" else _openvino_runner
-                            fns[key] = make(path, x, threads)
+                        fn = _runner(name, m, rt, x, threads, tmp, compiled)
                     except ImportError as e:
-                        skipped[key] = f"not installed: {e}"
-            samples = time_interleaved(fns, warmup, repeats, budget_s)
+                        skipped[f"{name}|{rt}"] = f"not installed: {e}"
+                        continue
+                    if fn is not None:
+                        fns[f"{name}|{rt}"] = fn
+                if fns:
+                    if rt in ("eager", "eager_cl", "compile"):
+                        warm_thread_pool(0.5)
+                    samples.update(time_interleaved(fns, warmup, repeats, budget_s))
+                del fns
             group = {}
             for key, s in samples.items():
                 name, rt = key.split("|")
@@ -134,7 +149,7 @@ def report(payload: Dict[str, Any], out_dir: str, command: str = "lolvit bench d
            "model and input channels-last; compile = `lolvit.compile` (torch.compile, dynamic shapes); "
            "onnxruntime / openvino (f32 precision hint) run the legacy ONNX export (opset 17) of the "
            "deploy form. 'x peer' = time / time of the peer (lolvit_x: mobilevit_xs, lolvit_s: ghostnet_100) "
-           "in the same runtime and shape, from one interleaved run (medians; '(min)': fastest samples). "
+           "in the same runtime and shape, from one interleaved group (medians; '(min)': fastest samples). "
            "GFLOPs per image (FlopCounterMode, 2 per multiply-add); GFLOP/s achieved = GFLOPs x batch / time.\n\n")
     md += markdown_table(rows, COLUMNS)
     if payload.get("skipped"):

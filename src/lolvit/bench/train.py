@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..tasks.summary import count_params
 from .report import header, machine_info, markdown_table, write_report
-from .timing import median, time_interleaved
+from .timing import median, time_interleaved, warm_thread_pool
 
 MODELS = ("lolvit_s", "lolvit_x", "mobilevit_xxs", "mobilevit_xs", "mobilevitv2_050", "ghostnet_100",
           "mobilenetv3_small_100", "efficientvit_m0")
@@ -69,6 +69,7 @@ def run(
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     machine = machine_info(threads)
+    warm_thread_pool()
     rows: List[Dict[str, Any]] = []
     skipped: Dict[str, str] = {}
     for size, batch in settings:
