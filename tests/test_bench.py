@@ -145,3 +145,45 @@ def test_targets_table_reads_bench_json(tmp_path):
     table = targets_table(tmp_path)
     assert "FWA time <= 0.35x MHSA" in table and "FWA faster than ssa" in table
     assert "FAWA" not in table  # no fawa run under tmp_path
+
+
+def test_train_bench(tmp_path):
+    from lolvit.bench import train
+
+    p = train.run(models=("lolvit_s", "mobilevit_xxs"), settings=((32, 4),), channels_last=True, threads=1,
+                  warmup=1, repeats=2, budget_s=None)
+    rows = {r["model"]: r for r in p["rows"]}
+    assert set(rows) == {"lolvit_s", "mobilevit_xxs"} and all(len(r["samples_ms"]) == 2 for r in rows.values())
+    assert rows["lolvit_s"]["vs_peer"] == pytest.approx(rows["lolvit_s"]["img_s"] / rows["mobilevit_xxs"]["img_s"])
+    assert rows["mobilevit_xxs"]["vs_peer"] is None and p["channels_last"]
+    _check_report(train.report(p, str(tmp_path))["paths"], "train")
+    with pytest.raises(ValueError, match="unknown model"):
+        train.run(models=("nope",), threads=1)
+    with pytest.raises(ValueError, match="batch >= 2"):
+        train.run(models=("lolvit_s",), settings=((32, 1),), threads=1)
+
+
+@pytest.mark.slow
+def test_deploy_bench_all_runtimes(tmp_path):
+    from lolvit.bench import deploy
+
+    p = deploy.run(models=("lolvit_s", "ghostnet_100"), runtimes=("eager", "eager_cl", "onnxruntime", "openvino"),
+                   shapes=((64, 1), (64, 2)), threads=1, warmup=1, repeats=2, budget_s=None)
+    keys = {(r["model"], r["runtime"], r["batch"]) for r in p["rows"]}
+    installed = {rt for rt in ("onnxruntime", "openvino") if not any(k.endswith(rt) for k in p["skipped"])}
+    expected = {("lolvit_s", "eager"), ("ghostnet_100", "eager"), ("ghostnet_100", "eager_cl")}
+    expected |= {(m, rt) for m in ("lolvit_s", "ghostnet_100") for rt in installed}
+    assert keys == {(m, rt, b) for m, rt in expected for b in (1, 2)}
+    for r in p["rows"]:
+        assert r["gflops"] > 0 and r["gflops_per_s"] == pytest.approx(r["gflops"] * r["batch"] / r["median_ms"] * 1e3)
+        assert (r["vs_peer"] is not None) == (r["model"] == "lolvit_s")
+    _check_report(deploy.report(p, str(tmp_path))["paths"], "deploy")
+
+
+def test_deploy_and_train_cli_refuse_bad_input(tmp_path, capsys):
+    assert main(["bench", "deploy", "--quick", "--runtimes", "tensorrt", "--out", str(tmp_path / "d")]) == 2
+    assert "unknown runtime" in capsys.readouterr().err
+    assert main(["bench", "train", "--quick", "--models", "nope", "--out", str(tmp_path / "t")]) == 2
+    with pytest.raises(SystemExit):
+        main(["bench", "deploy", "--shapes", "224", "--out", str(tmp_path / "d")])
+    assert not (tmp_path / "d").exists() and not (tmp_path / "t").exists()

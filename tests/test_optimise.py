@@ -136,3 +136,26 @@ def test_fuse_leaves_unknown_batchnorm_subclasses_alone():
         fused = fuse(copy.deepcopy(model))
         assert isinstance(fused.bn, ScaledBN)
         assert torch.allclose(fused(x), ref, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lolvit_compile_two_sizes_one_graph():
+    """lolvit.compile: fused + torch.compile(dynamic=True); a second input size (and batch)
+    reuses the first graph and both match the eager model."""
+    from torch._dynamo.utils import counters
+
+    import lolvit
+
+    torch.manual_seed(0)
+    model = _randomise_bn(timm.create_model("lolvit_s", num_classes=5))
+    ref = copy.deepcopy(model)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = lolvit.compile(model)
+    with torch.inference_mode():
+        for shape in [(2, 3, 64, 64), (3, 3, 96, 128)]:
+            x = torch.randn(*shape)
+            assert (compiled(x) - ref(x)).abs().max().item() <= 1e-4
+    assert counters["stats"]["unique_graphs"] == 1
+    with pytest.raises(TypeError, match="nn.Module"):
+        lolvit.compile(lambda x: x)

@@ -1,20 +1,37 @@
-"""``lolvit bench attention|fawa|models|scaling``: argument parsing only (see runner.run_bench)."""
+"""``lolvit bench attention|fawa|models|scaling|deploy|train``: argument parsing only (see
+runner.run_bench). A bench is one module of this package with ``FULL``/``QUICK`` settings,
+``run(threads=..., **settings)`` and ``report(payload, out_dir, command)``; it is registered by its
+name in ``runner.BENCHES`` and one help line in ``SPECS`` below (plus its own flags in
+``register``); each flag's ``dest`` is a keyword of its ``run``."""
 import argparse
 import shlex
 import sys
 
 
+SPECS = {
+    "attention": "attention mechanisms on one feature map, 1-4 stacked layers (Fig. 4)",
+    "fawa": "FAWA key generation vs the pooling route, 224-1024 px (Fig. 8)",
+    "models": "latency/throughput of LOLViT and timm models, several runtimes (Tables 2-4, 7, 13)",
+    "scaling": "time and memory against input size; fitted exponent in the token count",
+    "deploy": "LOLViT vs timm peers in eager/compile/ONNX Runtime/OpenVINO, 224-640 px, GFLOP/s",
+    "train": "training-step images/s of LOLViT vs timm peers (32 px batch 128, 224 px batch 32)",
+    "detect": "LOLViT-YOLO vs yolov8n/yolo11n: params, FLOPs, latency in eager/ONNX Runtime/OpenVINO (Tables 5/7)",
+}
+
+
+def _shape(text: str):
+    """'SIZExBATCH' -> (size, batch)."""
+    try:
+        size, batch = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected SIZExBATCH such as 224x32, got {text!r}") from None
+    return size, batch
+
+
 def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("bench", help="speed and memory benchmarks (paper Figs. 4/8, Tables 2-4/7/13)")
     benches = p.add_subparsers(dest="bench", metavar="BENCH")
-    specs = {
-        "attention": "attention mechanisms on one feature map, 1-4 stacked layers (Fig. 4)",
-        "fawa": "FAWA key generation vs the pooling route, 224-1024 px (Fig. 8)",
-        "models": "latency/throughput of LOLViT and timm models, several runtimes (Tables 2-4, 7, 13)",
-        "scaling": "time and memory against input size; fitted exponent in the token count",
-        "detect": "LOLViT-YOLO vs yolov8n/yolo11n: params, FLOPs, latency in eager/ONNX Runtime/OpenVINO (Tables 5/7)",
-    }
-    for name, help_ in specs.items():
+    for name, help_ in SPECS.items():
         b = benches.add_parser(name, help=help_)
         b.add_argument("--quick", action="store_true", help="tiny sizes, finishes in well under a minute")
         b.add_argument("--threads", type=int, default=2, help="torch/runtime threads (default 2)")
@@ -42,6 +59,17 @@ def register(sub: "argparse._SubParsersAction") -> None:
         if name == "scaling":
             b.add_argument("--mechanisms", nargs="+", default=None)
             b.add_argument("--models", nargs="+", default=None)
+        if name in ("deploy", "train"):
+            b.add_argument("--models", nargs="+", default=None)
+            b.add_argument("--shapes" if name == "deploy" else "--settings", type=_shape, nargs="+", default=None,
+                           metavar="SIZExBATCH", help="input size and batch pairs, e.g. 224x1 640x1 224x32")
+        if name == "deploy":
+            b.add_argument("--runtimes", nargs="+", default=None,
+                           help="eager eager_cl compile onnxruntime openvino (default: all but compile)")
+            b.add_argument("--compile", action="store_true", help="add the torch.compile runtime (lolvit.compile)")
+        if name == "train":
+            b.add_argument("--channels-last", dest="channels_last", action="store_true", default=None,
+                           help="model and input in channels-last memory")
         b.set_defaults(func=_run)
     p.set_defaults(func=lambda args: p.print_help() or 2)
 
@@ -49,8 +77,16 @@ def register(sub: "argparse._SubParsersAction") -> None:
 def _run(args: argparse.Namespace) -> int:
     from .runner import run_bench
 
-    options = {k: v for k, v in vars(args).items() if k not in ("command", "bench", "func", "quick", "threads", "out")}
-    for key in ("shape", "repeats_layers", "mechanisms", "sizes", "models", "backends", "batches"):
+    options = {k: v for k, v in vars(args).items()
+               if k not in ("command", "bench", "func", "quick", "threads", "out", "compile")}
+    if getattr(args, "compile", False):
+        from importlib import import_module
+
+        module = import_module(f"{__package__}.{args.bench}")
+        base = options.get("runtimes") or (module.QUICK if args.quick else module.FULL)["runtimes"]
+        options["runtimes"] = tuple(base) + (() if "compile" in base else ("compile",))
+    for key in ("shape", "repeats_layers", "mechanisms", "sizes", "models", "backends", "batches", "shapes",
+                "settings", "runtimes"):
         if options.get(key) is not None:
             options[key] = tuple(options[key])
     command = "lolvit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None

@@ -116,7 +116,7 @@ def _runners(
     x = torch.randn(batch, 3, size, size)
     runners: Dict[str, Callable[[], Any]] = {}
     skipped: Dict[str, str] = {}
-    fused = fuse(copy.deepcopy(model)) if kind == "lolvit" else model
+    fused = fuse(copy.deepcopy(model), channels_last=False) if kind == "lolvit" else model
     for backend in backends:
         if backend in ("fused", "fused_cl", "compile") and kind != "lolvit":
             continue
@@ -210,9 +210,9 @@ def report(payload: Dict[str, Any], out_dir: str, command: str = "lolvit bench m
     for r in rows:
         r["params_m"] = r["params"] / 1e6
     md = header("Model latency and throughput", payload["machine"], command)
-    md += ("\nfp32, `pretrained=False` weights, 1000 classes. 'fused' = conv+BN folded "
-           "(`lolvit.fuse`), 'fused_cl' = the same with channels-last weights "
-           "(`lolvit.fuse(m, channels_last=True)`, NCHW input), 'channels_last' = the eager model and "
+    md += ("\nfp32, `pretrained=False` weights, 1000 classes. 'fused' = conv+BN folded, NCHW weights "
+           "(`lolvit.fuse(m, channels_last=False)`), 'fused_cl' = the same with channels-last weights "
+           "(`lolvit.fuse(m)`, the default; NCHW input), 'channels_last' = the eager model and "
            "input in channels-last memory format; onnxruntime/openvino run the fused model's ONNX export (opset 17); timm "
            "models are re-parameterised for deployment in every backend. Median of interleaved "
            "samples; 'x mobilevit_xs' = time / time of mobilevit_xs eager at the same size and batch "

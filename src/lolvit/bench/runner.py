@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-BENCHES = ("attention", "fawa", "models", "scaling", "detect")
+BENCHES = ("attention", "fawa", "models", "scaling", "deploy", "train", "detect")
 
 
 def default_out(name: str) -> Path:

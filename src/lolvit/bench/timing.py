@@ -67,6 +67,15 @@ def time_interleaved(
     return samples
 
 
+def warm_thread_pool(seconds: float = 1.0) -> None:
+    """Run small matmuls for ``seconds``: a fresh process times its first parallel ops far too
+    slow until the OpenMP pool is up and the CPU clocks have settled."""
+    a = torch.randn(128, 128)
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        a @ a
+
+
 def median(samples: List[float]) -> float:
     return float(statistics.median(samples))
 
