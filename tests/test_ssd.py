@@ -153,8 +153,14 @@ def test_ssd_run_folder_resume_is_exact(scenes, tmp_path, capsys, monkeypatch):
     from lolvit.cli import main
     from lolvit.tasks.dense.run import DenseRun
 
-    common = dict(images=scenes / "det" / "images" / "train", labels=scenes / "det" / "labels" / "train",
-                  num_classes=10, size=64, batch=4, threads=2)
+    import shutil
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    for image in sorted((scenes / "det" / "images" / "train").glob("*.jpg"))[:4]:  # one step per epoch
+        shutil.copy(image, tmp_path / "img")
+        shutil.copy(scenes / "det" / "labels" / "train" / f"{image.stem}.txt", tmp_path / "lab")
+    common = dict(images=tmp_path / "img", labels=tmp_path / "lab", num_classes=10, size=64, batch=4, threads=2)
     full = ssd.train_ssd(**common, epochs=2, out=tmp_path / "full")
     epoch_end = DenseRun.epoch_end
 

@@ -271,14 +271,18 @@ def test_packaging_installs_the_pth(tmp_path):
     root = Path(__file__).resolve().parents[1]
     src = tmp_path / "proj"
     src.mkdir()
-    for name in ("pyproject.toml", "setup.py", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "MANIFEST.in"):
         shutil.copy(root / name, src)
     shutil.copytree(root / "src", src / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for hook in ("build_wheel", "build_editable"):  # one process each, as pip does
+    for hook in ("build_wheel", "build_editable", "build_sdist"):  # one process each, as pip does
         code = f"from setuptools import build_meta as b; import sys; print(b.{hook}(sys.argv[1]))"
         r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "dist")], cwd=src, capture_output=True,
                            text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
+    import tarfile
+
+    (sdist,) = (tmp_path / "dist").glob("*.tar.gz")  # a wheel built from the sdist needs the .pth too
+    assert any(n.endswith("/src/lolvit-ultralytics.pth") for n in tarfile.open(sdist).getnames())
     wheels = sorted((tmp_path / "dist").glob("*.whl"))
     assert len(wheels) == 2
     for wheel in wheels:
