@@ -129,3 +129,27 @@ def test_token_patches_are_mobilevit_sequences():
         torch.testing.assert_close(one(x), ref(x))  # both readings agree for P = 1
     with pytest.raises(ValueError, match="patch_mode"):
         LOLViTBlock(8, 16, heads=2, patch_mode="pixels")
+
+
+@pytest.mark.slow
+def test_compiled_training_dynamic_shapes(tmp_path, monkeypatch):
+    """torch.compile(dynamic=True) forward + backward at two sizes (Inductor used to fail on the
+    token-to-map view: 'cannot determine truth value of Relational')."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    torch._dynamo.reset()
+    block = LOLViTBlock(16, 24, depth=2, heads=2, fold=2).train()
+    compiled = torch.compile(block, dynamic=True)
+    for size in [(4, 6), (5, 7)]:
+        x = torch.randn(2, 16, *size)
+        out = compiled(x)
+        out.square().mean().backward()
+        grads = {n: p.grad.clone() for n, p in block.named_parameters() if p.grad is not None}
+        block.zero_grad()
+        ref = block(x)
+        ref.square().mean().backward()
+        torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+        for n, p in block.named_parameters():
+            if p.grad is not None:
+                torch.testing.assert_close(grads[n], p.grad, rtol=1e-3, atol=1e-5)
+        block.zero_grad()
+    torch._dynamo.reset()
