@@ -12,8 +12,9 @@ def compile_model(model: nn.Module, dynamic: bool = True, fused: bool = True, **
     ``torch.compile(model, dynamic=dynamic, **kwargs)`` (inductor; fp32 CPU inference).
 
     With ``dynamic=True`` batch, height and width are symbolic from the first call on, so new
-    input sizes reuse the compiled graph instead of recompiling (inductor may still recompile
-    once for a size that changes which code path a shape takes, e.g. a 1-pixel map). The first
+    input sizes reuse the compiled graph instead of recompiling. Make the first call with batch
+    >= 2 and H != W: dynamo specialises size-1 dimensions and gives equal sizes one symbol, so a
+    batch-1 or square first call recompiles once when the batch grows or H and W differ. The first
     call compiles (tens of seconds on a small CPU; ``TORCHINDUCTOR_CACHE_DIR`` keeps the cache).
     The model is put in eval mode; call it under ``torch.inference_mode()`` or ``no_grad``.
     """

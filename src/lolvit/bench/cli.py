@@ -34,7 +34,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
     for name, help_ in SPECS.items():
         b = benches.add_parser(name, help=help_)
         b.add_argument("--quick", action="store_true", help="tiny sizes, finishes in well under a minute")
-        b.add_argument("--threads", type=int, default=2, help="torch/runtime threads (default 2)")
+        b.add_argument("--threads", type=int, default=None,
+                       help="torch/runtime threads (default 2; 1 with --quick, which then survives a loaded machine)")
         b.add_argument("--out", default=None, help=f"output folder (default runs/bench/{name})")
         b.add_argument("--repeats", type=int, default=None, help="timed samples per case")
         b.add_argument("--warmup", type=int, default=None, help="warm-up calls per case")
@@ -90,7 +91,8 @@ def _run(args: argparse.Namespace) -> int:
         if options.get(key) is not None:
             options[key] = tuple(options[key])
     command = "lolvit " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["bench"] else None
-    result = run_bench(args.bench, args.quick, args.threads, args.out,
+    threads = args.threads if args.threads is not None else (1 if args.quick else 2)
+    result = run_bench(args.bench, args.quick, threads, args.out,
                        command=command or f"lolvit bench {args.bench}", **options)
     print(result["markdown"])
     print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
