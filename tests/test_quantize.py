@@ -113,11 +113,12 @@ def test_bad_inputs(model, tmp_path):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from lolvit.cli import main
 
-    code = main(["quantize", "--model", "lolvit_s", "--data", "digits", "--output", str(tmp_path / "m.txt")])
+    code = main(["quantize", "--model", "lolvit_s", "--data", "digits", "--output", str(tmp_path / "m.txt"),
+                 "--format", "onnx"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and ".onnx" in err
     code = main(["quantize", "--model", "lolvit_s", "--data", str(tmp_path / "missing"), "--output",
-                 str(tmp_path / "m.onnx")])
+                 str(tmp_path / "m.onnx"), "--format", "onnx"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "missing" in err
     assert not (tmp_path / "m.onnx").exists()

@@ -5,8 +5,9 @@ preprocessed batches of real images, and an int8 model is written:
 
 - ``onnx``: ONNX Runtime's ``quantize_static`` (QDQ format, per-channel int8 weights, uint8
   activations), read back by ``onnxruntime.InferenceSession``;
-- ``openvino``: NNCF's ``nncf.quantize`` on the OpenVINO IR (symmetric int8 weights), written as
-  ``.xml``/``.bin``.
+- ``openvino`` (the default: the faster one here, see docs/quantization.md): NNCF's
+  ``nncf.quantize`` on the OpenVINO IR (``PERFORMANCE`` preset: symmetric int8 weights and
+  activations), written as ``.xml``/``.bin``.
 
 What stays float: the FWA attention (Eqs. 3-4) multiplies two activations (Q K^T, then the
 weights by V); its scores pass through DReLu and the keys through a LayerNorm. Those
@@ -117,9 +118,25 @@ def quantize_openvino(fp32_onnx: Union[str, Path], int8_xml: Union[str, Path], b
     ignored = nncf.IgnoredScope(names=_ov_float_matmuls(ov_model), types=["MVN"], validate=False)
     # subset_size counts dataset items, here batches
     q = nncf.quantize(ov_model, nncf.Dataset(list(batches)), subset_size=len(batches),
-                      preset=nncf.QuantizationPreset.MIXED, ignored_scope=ignored)
+                      preset=nncf.QuantizationPreset.PERFORMANCE, ignored_scope=ignored)
     ov.save_model(q, str(int8_xml), compress_to_fp16=False)
     return Path(int8_xml)
+
+
+def quantize_file(fp32_onnx: Union[str, Path], output: Union[str, Path], batches: Sequence[np.ndarray],
+                  fmt: str = "openvino") -> Path:
+    """Static int8 of an fp32 ONNX file (any exporter's, e.g. an ultralytics detector) whose single
+    input takes ``batches`` as they are; written to ``output`` only once complete."""
+    output = check_output(output, fmt)
+    with tempfile.TemporaryDirectory(prefix="lolvit-int8-") as tmp:
+        if fmt == "onnx":
+            quantize_onnx(fp32_onnx, Path(tmp) / "int8.onnx", batches)
+            shutil.move(str(Path(tmp) / "int8.onnx"), str(output))
+        else:
+            quantize_openvino(fp32_onnx, Path(tmp) / "int8.xml", batches)
+            shutil.move(str(Path(tmp) / "int8.bin"), str(output.with_suffix(".bin")))
+            shutil.move(str(Path(tmp) / "int8.xml"), str(output))
+    return output
 
 
 def check_output(path: Union[str, Path], fmt: str) -> Path:
@@ -139,7 +156,7 @@ def quantize_model(
     model: nn.Module,
     batches: Iterable[Any],
     output: Union[str, Path],
-    fmt: str = "onnx",
+    fmt: str = "openvino",
     input_size: Optional[Sequence[int]] = None,
     calib_images: Optional[int] = 300,
     fp32_output: Optional[Union[str, Path]] = None,
@@ -147,8 +164,8 @@ def quantize_model(
     """Export ``model`` in fp32 and write its static int8 quantization to ``output``.
 
     ``batches``: preprocessed ``(B, C, H, W)`` images (the model's preprocessing); the first
-    ``calib_images`` calibrate the activation ranges. ``fmt``: ``onnx`` (ONNX Runtime) or
-    ``openvino`` (NNCF). ``input_size`` (H, W) is the export example size (default the model's).
+    ``calib_images`` calibrate the activation ranges. ``fmt``: ``openvino`` (NNCF) or ``onnx``
+    (ONNX Runtime). ``input_size`` (H, W) is the export example size (default the model's).
     ``fp32_output``: also keep the fp32 ONNX export there. Nothing is left at ``output`` on failure.
     """
     from .export import export_onnx
@@ -161,13 +178,7 @@ def quantize_model(
         fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", input_size)
         if fp32_output is not None:
             shutil.copyfile(fp32, fp32_output)
-        if fmt == "onnx":
-            quantize_onnx(fp32, Path(tmp) / "int8.onnx", arrays)
-            shutil.move(str(Path(tmp) / "int8.onnx"), str(output))
-        else:
-            quantize_openvino(fp32, Path(tmp) / "int8.xml", arrays)
-            shutil.move(str(Path(tmp) / "int8.bin"), str(output.with_suffix(".bin")))
-            shutil.move(str(Path(tmp) / "int8.xml"), str(output))
+        quantize_file(fp32, output, arrays, fmt)
     return output
 
 
