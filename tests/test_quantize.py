@@ -106,7 +106,7 @@ def test_bad_inputs(model, tmp_path):
     assert [len(b) for b in calibration_batches([np.zeros((4, 3, 8, 8))] * 3, limit=6)] == [4, 2]
     out = tmp_path / "never.onnx"
     with pytest.raises(ValueError, match="calib_images"):
-        quantize_model(model, [np.zeros((1, 3, SIZE, SIZE))], out, calib_images=0)
+        quantize_model(model, [np.zeros((1, 3, SIZE, SIZE))], out, "onnx", calib_images=0)
     assert not out.exists()
 
 
@@ -122,3 +122,16 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "missing" in err
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.slow
+def test_cli_quantize_and_eval(tmp_path, capsys):
+    from lolvit.cli import main
+
+    out = tmp_path / "int8.onnx"
+    code = main(["quantize", "--model", "lolvit_s", "--data", "digits", "--size", str(SIZE), str(SIZE), "--format",
+                 "onnx", "--calib-images", "16", "--output", str(out), "--eval", "--eval-images", "40", "--threads", "1"])
+    text = capsys.readouterr().out
+    assert code == 0 and out.is_file()
+    assert "calibrated on 16 digits train images" in text
+    assert "top-1 on 40 digits val images: fp32" in text and "int8" in text
