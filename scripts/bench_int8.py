@@ -99,7 +99,8 @@ def timing_det(d: str, rounds: int, iters: int, threads: int = 2) -> None:
         return lambda x: req.infer({0: x})
 
     x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
-    runs = {"ov f32": ov_run(f"{d}/fp32.xml"), "ov int8": ov_run(f"{d}/int8.xml"), "ov bf16": ov_run(f"{d}/fp32.xml", None)}
+    runs = {"ov f32": ov_run(f"{d}/fp32.xml"), "ov int8": ov_run(f"{d}/int8.xml"),
+            "ov bf16": ov_run(f"{d}/fp32.xml", None)}
     _interleave(runs, x, rounds, iters, 640)
 
 

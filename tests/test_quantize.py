@@ -130,7 +130,8 @@ def test_cli_quantize_and_eval(tmp_path, capsys):
 
     out = tmp_path / "int8.onnx"
     code = main(["quantize", "--model", "lolvit_s", "--data", "digits", "--size", str(SIZE), str(SIZE), "--format",
-                 "onnx", "--calib-images", "16", "--output", str(out), "--eval", "--eval-images", "40", "--threads", "1"])
+                 "onnx", "--calib-images", "16", "--output", str(out), "--eval", "--eval-images", "40",
+                 "--threads", "1"])
     text = capsys.readouterr().out
     assert code == 0 and out.is_file()
     assert "calibrated on 16 digits train images" in text

@@ -23,7 +23,8 @@ def register(sub: "argparse._SubParsersAction") -> None:
                    help="input size (default: the checkpoint's preprocessing size)")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--eval", action="store_true", help="report top-1 of fp32 vs int8 on the val split")
-    p.add_argument("--eval-images", type=positive_int, default=None, help="evaluate on this many val images (default all)")
+    p.add_argument("--eval-images", type=positive_int, default=None,
+                   help="evaluate on this many val images (default all)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch/runtime threads")
     p.set_defaults(func=_quantize)
 
