@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 COMMAND_MODULES: List[str] = [
     "lolvit.commands",
     "lolvit.commands_dense",
+    "lolvit.commands_quantize",
     "lolvit.bench.cli",
     "lolvit.tasks.classify.cli",
 ]
