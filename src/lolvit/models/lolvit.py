@@ -80,12 +80,26 @@ def _triple(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int, int]
     return value
 
 
-def check_input(x: Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE) -> Tensor:
-    """ValueError unless ``x`` is (B, in_chans, H, W) with H, W >= ``min_size``; returns ``x``.
+def check_input(x: Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE,
+                weight_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """ValueError unless ``x`` is (B, in_chans, H, W) with H, W >= ``min_size``; TypeError unless
+    ``x`` is floating point of ``weight_dtype`` (the dtype check is skipped under autocast, which
+    casts per op). Returns ``x``.
 
     Registered with ``torch.fx.wrap``: symbolic tracing (timm/torchvision feature extraction)
     records it as one call in the graph, so traced models keep the check (TorchScript-compatible).
     """
+    if not x.is_floating_point():
+        raise TypeError(
+            "LOLViT expects a floating-point input (normalised, dtype " + str(weight_dtype or torch.float32)
+            + "), got " + str(x.dtype) + ": convert images with x.float() / 255 and normalise with the "
+            "model's mean/std (timm.data.resolve_model_data_config)"
+        )
+    if weight_dtype is not None and x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            "LOLViT weights are " + str(weight_dtype) + " but the input is " + str(x.dtype)
+            + ": pass x.to(" + str(weight_dtype) + "), convert the model with model.to(dtype), or run under torch.autocast"
+        )
     if x.dim() != 4:
         raise ValueError("LOLViT expects a 4D (B, C, H, W) tensor, got shape " + str(list(x.shape)))
     if x.shape[1] != in_chans:
@@ -253,7 +267,7 @@ class LOLViT(nn.Module):
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, in_chans, H, W) -> (B, num_features, ceil(H/32), ceil(W/32))."""
         if not torch.jit.is_scripting():
-            x = check_input(x, self.in_chans)
+            x = check_input(x, self.in_chans, MIN_INPUT_SIZE, self.stem.conv.weight.dtype)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             return checkpoint_seq(self.stages, x)
@@ -281,7 +295,7 @@ class LOLViT(nn.Module):
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
         if not torch.jit.is_scripting():
-            x = check_input(x, self.in_chans)
+            x = check_input(x, self.in_chans, MIN_INPUT_SIZE, self.stem.conv.weight.dtype)
         take_indices, max_index = feature_take_indices(len(self.stages), indices)
         intermediates: List[Tensor] = []
         x = self.stem(x)
