@@ -80,12 +80,21 @@ def test_openvino_round_trip(model, images, tmp_path):
     pytest.importorskip("openvino")
     pytest.importorskip("nncf")
     calib, val = images
-    path = quantize_model(model, calib.split(16), tmp_path / "int8.xml", "openvino", (SIZE, SIZE), 64)
+    fp32 = tmp_path / "fp32.onnx"
+    path = quantize_model(model, calib.split(16), tmp_path / "int8.xml", "openvino", (SIZE, SIZE), 64, fp32_output=fp32)
     assert path.is_file() and path.with_suffix(".bin").is_file()
     import openvino as ov
 
-    types = {op.get_type_name() for op in ov.Core().read_model(str(path)).get_ops()}
-    assert "FakeQuantize" in types
+    from lolvit.quantize import _ov_float_matmuls
+
+    ops = ov.Core().read_model(str(path)).get_ops()
+    assert "FakeQuantize" in {op.get_type_name() for op in ops}
+    # the FWA products (MatMuls with no constant input) are fed by no FakeQuantize
+    names = set(_ov_float_matmuls(ov.convert_model(str(fp32))))
+    products = [op for op in ops if op.get_friendly_name() in names]
+    assert len(products) >= 4
+    for op in products:
+        assert all(op.input_value(i).get_node().get_type_name() != "FakeQuantize" for i in range(2))
     _check_close(model, path, val)
 
 
