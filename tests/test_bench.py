@@ -187,3 +187,36 @@ def test_deploy_and_train_cli_refuse_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "deploy", "--shapes", "224", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists() and not (tmp_path / "t").exists()
+
+
+def test_busy_machine_warning_in_header_and_json(tmp_path, monkeypatch):
+    from lolvit.bench import report
+
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(report.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    quiet = report.machine_info(threads=2)
+    quiet["load_avg_end"] = [2.4, 1.0, 0.5]  # the bench's own 2 threads at the end are allowed
+    assert report.busy_warning(quiet) is None and "WARNING" not in report.header("t", quiet, "cmd")
+    monkeypatch.setattr(report.os, "getloadavg", lambda: (3.1, 2.0, 1.0))  # > 4 - 2 + 0.5
+    busy = report.machine_info(threads=2)
+    md = report.header("t", busy, "cmd")
+    assert "WARNING: the machine was busy" in md and "3.10 at start" in md
+    ended_busy = dict(quiet, load_avg_end=[4.6, 3.0, 2.0])  # > 4 + 0.5
+    assert "at end" in report.busy_warning(ended_busy)
+    paths = report.write_report(tmp_path, "x", {"machine": busy, "rows": []}, md, lambda fig: None)
+    assert "busy" in json.loads(paths["json"].read_text())["machine"]["busy_warning"]
+    paths = report.write_report(tmp_path, "y", {"machine": quiet, "rows": []}, "q", lambda fig: None)
+    assert json.loads(paths["json"].read_text())["machine"]["busy_warning"] is None
+
+
+def test_time_interleaved_spins_up_thread_pool_first(monkeypatch):
+    from lolvit.bench import timing
+
+    events = []
+    monkeypatch.setattr(timing, "spin_up_thread_pool", lambda n: events.append(("pool", n)))
+    timing.time_interleaved({"a": lambda: events.append("a")}, warmup=1, repeats=2, min_sample_s=0.0)
+    assert events[0] == ("pool", 8) and events.count(("pool", 8)) == 1 and events.count("a") == 3
+    events.clear()
+    timing.time_interleaved({"a": lambda: events.append("a")}, warmup=1, repeats=1, min_sample_s=0.0,
+                            pool_warmup=0)
+    assert ("pool", 8) not in events
