@@ -220,3 +220,20 @@ def test_time_interleaved_spins_up_thread_pool_first(monkeypatch):
     timing.time_interleaved({"a": lambda: events.append("a")}, warmup=1, repeats=1, min_sample_s=0.0,
                             pool_warmup=0)
     assert ("pool", 8) not in events
+
+
+def test_models_plot_is_split_into_legible_groups():
+    from matplotlib.figure import Figure
+
+    rows = [dict(model=f"m{i}", backend=b, size=s, batch=1, fps=float(i + 1))
+            for s in (224, 384) for b in ("eager", "fused_cl", "onnxruntime") for i in range(10 + (b == "eager") * 4)]
+    assert len(rows) == 2 * 34
+    fig = models.plot_models(Figure(), rows)
+    bars = [len(ax.patches) for ax in fig.axes]
+    assert max(bars) <= 10 and sum(bars) == len(rows)
+    assert len(fig.axes) == 2 * (2 + 1 + 1)  # eager's 14 models split 7 + 7
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "224px, batch 1, eager (1/2)" in titles and "384px, batch 1, onnxruntime" in titles
+    first = fig.axes[titles.index("224px, batch 1, eager (1/2)")]
+    assert first.get_yticklabels()[-1].get_text() == "m13"  # fastest part first, fastest on top
+    assert all(ax.get_yticklabels()[0].get_fontsize() >= 8 for ax in fig.axes)
