@@ -41,8 +41,9 @@ def time_interleaved(
     First :func:`spin_up_thread_pool` runs ``pool_warmup`` matmuls (0: none) so torch's
     intra-op pool is up at the configured thread count before anything is timed. Each callable
     is warmed up ``warmup`` times; then rounds run every callable once (a sample is the mean of
-    ``inner`` back-to-back calls, ``inner`` chosen so a sample lasts at least ``min_sample_s``). Rounds stop after ``repeats``, or once ``budget_s`` seconds are spent
-    and every callable has ``min_repeats`` samples. CUDA work is synchronised.
+    ``inner`` back-to-back calls, ``inner`` chosen so a sample lasts at least ``min_sample_s``).
+    Rounds stop after ``repeats``, or once ``budget_s`` seconds are spent and every callable has
+    ``min_repeats`` samples. CUDA work is synchronised.
     """
     if not fns:
         raise ValueError("time_interleaved needs at least one callable")
