@@ -187,3 +187,53 @@ def test_deploy_and_train_cli_refuse_bad_input(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["bench", "deploy", "--shapes", "224", "--out", str(tmp_path / "d")])
     assert not (tmp_path / "d").exists() and not (tmp_path / "t").exists()
+
+
+def test_busy_machine_warning_in_header_and_json(tmp_path, monkeypatch):
+    from lolvit.bench import report
+
+    monkeypatch.setattr(report.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(report.os, "getloadavg", lambda: (0.3, 0.2, 0.1))
+    quiet = report.machine_info(threads=2)
+    quiet["load_avg_end"] = [2.4, 1.0, 0.5]  # the bench's own 2 threads at the end are allowed
+    assert report.busy_warning(quiet) is None and "WARNING" not in report.header("t", quiet, "cmd")
+    monkeypatch.setattr(report.os, "getloadavg", lambda: (3.1, 2.0, 1.0))  # > 4 - 2 + 0.5
+    busy = report.machine_info(threads=2)
+    md = report.header("t", busy, "cmd")
+    assert "WARNING: the machine was busy" in md and "3.10 at start" in md
+    ended_busy = dict(quiet, load_avg_end=[4.6, 3.0, 2.0])  # > 4 + 0.5
+    assert "at end" in report.busy_warning(ended_busy)
+    paths = report.write_report(tmp_path, "x", {"machine": busy, "rows": []}, md, lambda fig: None)
+    assert "busy" in json.loads(paths["json"].read_text())["machine"]["busy_warning"]
+    paths = report.write_report(tmp_path, "y", {"machine": quiet, "rows": []}, "q", lambda fig: None)
+    assert json.loads(paths["json"].read_text())["machine"]["busy_warning"] is None
+
+
+def test_time_interleaved_spins_up_thread_pool_first(monkeypatch):
+    from lolvit.bench import timing
+
+    events = []
+    monkeypatch.setattr(timing, "spin_up_thread_pool", lambda n: events.append(("pool", n)))
+    timing.time_interleaved({"a": lambda: events.append("a")}, warmup=1, repeats=2, min_sample_s=0.0)
+    assert events[0] == ("pool", 8) and events.count(("pool", 8)) == 1 and events.count("a") == 3
+    events.clear()
+    timing.time_interleaved({"a": lambda: events.append("a")}, warmup=1, repeats=1, min_sample_s=0.0,
+                            pool_warmup=0)
+    assert ("pool", 8) not in events
+
+
+def test_models_plot_is_split_into_legible_groups():
+    from matplotlib.figure import Figure
+
+    rows = [dict(model=f"m{i}", backend=b, size=s, batch=1, fps=float(i + 1))
+            for s in (224, 384) for b in ("eager", "fused_cl", "onnxruntime") for i in range(10 + (b == "eager") * 4)]
+    assert len(rows) == 2 * 34
+    fig = models.plot_models(Figure(), rows)
+    bars = [len(ax.patches) for ax in fig.axes]
+    assert max(bars) <= 10 and sum(bars) == len(rows)
+    assert len(fig.axes) == 2 * (2 + 1 + 1)  # eager's 14 models split 7 + 7
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "224px, batch 1, eager (1/2)" in titles and "384px, batch 1, onnxruntime" in titles
+    first = fig.axes[titles.index("224px, batch 1, eager (1/2)")]
+    assert first.get_yticklabels()[-1].get_text() == "m13"  # fastest part first, fastest on top
+    assert all(ax.get_yticklabels()[0].get_fontsize() >= 8 for ax in fig.axes)

@@ -205,6 +205,39 @@ COLUMNS = [
 ]
 
 
+def plot_models(fig: Any, rows: Sequence[Dict[str, Any]], max_bars: int = 10, ncols: int = 4) -> Any:
+    """Draw images/s bars on ``fig``: one subplot per (size, batch, backend) with at most
+    ``max_bars`` models (a larger group is split into balanced parts, fastest first), fastest on
+    top, LOLViT rows orange, each bar labelled with its value; the parts of one group share the
+    x range. Resizes ``fig`` and returns it."""
+    order = {b: i for i, b in enumerate(BACKENDS)}
+    panels = []
+    for size, batch in sorted({(r["size"], r["batch"]) for r in rows}):
+        group = [r for r in rows if (r["size"], r["batch"]) == (size, batch)]
+        for backend in sorted({r["backend"] for r in group}, key=lambda b: order.get(b, len(order))):
+            sel = sorted((r for r in group if r["backend"] == backend), key=lambda r: -r["fps"])
+            xmax = 1.25 * sel[0]["fps"]
+            parts = -(-len(sel) // max_bars)
+            step = -(-len(sel) // parts)
+            for k in range(parts):
+                suffix = f" ({k + 1}/{parts})" if parts > 1 else ""
+                panels.append((f"{size}px, batch {batch}, {backend}{suffix}", sel[k * step:(k + 1) * step], xmax))
+    ncols = max(1, min(ncols, len(panels)))
+    nrows = -(-len(panels) // ncols)
+    fig.set_size_inches(4.2 * ncols, nrows * (0.25 * max_bars + 1.0))
+    for i, (title, sel, xmax) in enumerate(panels):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        sel = sel[::-1]  # barh draws bottom-up: fastest on top
+        bars = ax.barh([r["model"] for r in sel], [r["fps"] for r in sel],
+                       color=["C1" if r["model"].startswith("lolvit") else "C0" for r in sel])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
+        ax.set_xlim(0, xmax)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("images/s", fontsize=8)
+        ax.tick_params(labelsize=8)
+    return fig
+
+
 def report(payload: Dict[str, Any], out_dir: str, command: str = "lolvit bench models") -> Dict[str, Any]:
     rows = payload["rows"]
     for r in rows:
@@ -223,17 +256,7 @@ def report(payload: Dict[str, Any], out_dir: str, command: str = "lolvit bench m
         md += "\n\nSkipped: " + "; ".join(f"{k}: {v}" for k, v in payload["skipped"].items()) + "\n"
 
     def plot(fig):
-        groups = sorted({(r["size"], r["batch"]) for r in rows})
-        for i, (size, batch) in enumerate(groups):
-            ax = fig.add_subplot(1, len(groups), i + 1)
-            sel = sorted((r for r in rows if (r["size"], r["batch"]) == (size, batch)), key=lambda r: r["fps"])
-            ax.barh([f"{r['model']} [{r['backend']}]" for r in sel], [r["fps"] for r in sel],
-                    color=["C1" if r["model"].startswith("lolvit") else "C0" for r in sel])
-            ax.set_title(f"{size}px, batch {batch}", fontsize=8)
-            ax.set_xlabel("images/s", fontsize=7)
-            ax.tick_params(labelsize=5 if i == 0 else 0)
-            if i:
-                ax.set_yticklabels([])
+        plot_models(fig, rows)
 
     paths = write_report(out_dir, "models", payload, md, plot)
     return dict(paths=paths, markdown=md)

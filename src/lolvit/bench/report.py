@@ -61,6 +61,31 @@ def machine_info(threads: int, device: str = "cpu") -> Dict[str, Any]:
     return info
 
 
+def busy_warning(machine: Dict[str, Any]) -> Optional[str]:
+    """A warning line when other work shared the CPUs during the run, else None.
+
+    Rule: with ``free = cpu_count - threads`` cores left over by the bench, the machine counts as
+    busy when the 1-minute load average at the start exceeded ``free + 0.5``, or the one at the
+    end (``load_avg_end``, which includes the bench's own ``threads`` busy threads) exceeded
+    ``cpu_count + 0.5``. Timings taken then are slower and noisier than on a quiet machine;
+    compare them only as ratios within the run.
+    """
+    cpus, threads = machine.get("cpu_count"), machine.get("threads")
+    if not cpus or threads is None:
+        return None
+    reasons = []
+    start, end = machine.get("load_avg"), machine.get("load_avg_end")
+    if start and start[0] > cpus - threads + 0.5:
+        reasons.append(f"1-min load average {start[0]:.2f} at start > {cpus - threads + 0.5:g} "
+                       f"(= {cpus} CPUs - {threads} bench threads + 0.5)")
+    if end and end[0] > cpus + 0.5:
+        reasons.append(f"1-min load average {end[0]:.2f} at end > {cpus + 0.5:g} (= {cpus} CPUs + 0.5)")
+    if not reasons:
+        return None
+    return ("WARNING: the machine was busy during this run (" + "; ".join(reasons)
+            + "): absolute timings are inflated and noisy, use ratios within the run only.")
+
+
 def _fmt(value: Any, spec: str) -> str:
     if value is None:
         return "-"
@@ -86,6 +111,9 @@ def write_report(
 ) -> Dict[str, Path]:
     """Write ``name.json`` (payload), ``name.md`` and ``name.png`` (``plot(figure)`` draws it).
 
+    ``payload["machine"]["busy_warning"]`` is set in the JSON (:func:`busy_warning`, None on a
+    quiet machine).
+
     Returns the three paths.
     """
     import matplotlib
@@ -93,6 +121,9 @@ def write_report(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    machine = payload.get("machine")
+    if isinstance(machine, dict) and "cpu_count" in machine:
+        payload = dict(payload, machine=dict(machine, busy_warning=busy_warning(machine)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json", "md": out / f"{name}.md", "png": out / f"{name}.png"}
@@ -111,12 +142,15 @@ def write_report(
 
 
 def header(title: str, machine: Dict[str, Any], command: str) -> str:
-    """Markdown preamble naming the command, machine and threads of a run."""
+    """Markdown preamble naming the command, machine and threads of a run; it starts with the
+    :func:`busy_warning` line when the machine was busy."""
     v = machine["versions"]
     gpu = machine["cuda"] or "none (GPU columns absent)"
+    warning = busy_warning(machine)
     return (
         f"## {title}\n\n"
-        f"`{command}`  \n"
+        + (f"> **{warning}**\n\n" if warning else "")
+        + f"`{command}`  \n"
         f"{machine['time_utc']}, {machine['cpu']} ({machine['cpu_count']} logical CPUs), "
         f"{machine['threads']} threads, GPU: {gpu}, load average at start "
         f"{', '.join(f'{x:.2f}' for x in machine['load_avg'] or [])}"

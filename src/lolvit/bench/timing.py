@@ -34,18 +34,23 @@ def time_interleaved(
     min_repeats: int = 3,
     min_sample_s: float = 0.01,
     device: str = "cpu",
+    pool_warmup: int = 8,
 ) -> Dict[str, List[float]]:
     """Wall time in ms per call of each callable: ``{name: [sample, ...]}``.
 
-    Each callable is warmed up ``warmup`` times; then rounds run every callable once (a sample
-    is the mean of ``inner`` back-to-back calls, ``inner`` chosen so a sample lasts at least
-    ``min_sample_s``). Rounds stop after ``repeats``, or once ``budget_s`` seconds are spent
-    and every callable has ``min_repeats`` samples. CUDA work is synchronised.
+    First :func:`spin_up_thread_pool` runs ``pool_warmup`` matmuls (0: none) so torch's
+    intra-op pool is up at the configured thread count before anything is timed. Each callable
+    is warmed up ``warmup`` times; then rounds run every callable once (a sample is the mean of
+    ``inner`` back-to-back calls, ``inner`` chosen so a sample lasts at least ``min_sample_s``).
+    Rounds stop after ``repeats``, or once ``budget_s`` seconds are spent and every callable has
+    ``min_repeats`` samples. CUDA work is synchronised.
     """
     if not fns:
         raise ValueError("time_interleaved needs at least one callable")
     if warmup < 0 or repeats < 1:
         raise ValueError(f"warmup must be >= 0 and repeats >= 1, got {warmup}, {repeats}")
+    if pool_warmup:
+        spin_up_thread_pool(pool_warmup)
     inner = {}
     for name, fn in fns.items():
         for _ in range(max(warmup - 1, 0)):
@@ -65,6 +70,14 @@ def time_interleaved(
         if budget_s is not None and r + 1 >= min_repeats and time.perf_counter() - start > budget_s:
             break
     return samples
+
+
+def spin_up_thread_pool(matmuls: int = 8, size: int = 256) -> None:
+    """``matmuls`` products of a ``size`` x ``size`` tensor: they start torch's intra-op threads
+    at ``torch.get_num_threads()``, so the first timed call does not pay for the pool's start."""
+    a = torch.randn(size, size)
+    for _ in range(matmuls):
+        a @ a
 
 
 def warm_thread_pool(seconds: float = 1.0) -> None:
