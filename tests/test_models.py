@@ -339,7 +339,7 @@ def test_integer_and_mismatched_float_inputs_name_the_dtype():
     """Issue 12 #16: uint8 images and fp16 inputs to fp32 weights get a TypeError naming the dtypes."""
     model = timm.create_model("lolvit_s", num_classes=3, depths=1).eval()
     x = torch.rand(1, 3, 64, 64)
-    with pytest.raises(TypeError, match="floating-point input.*torch.uint8"):
+    with pytest.raises(TypeError, match="floating-point .normalised. input, got torch.uint8"):
         model((x * 255).to(torch.uint8))
     with pytest.raises(TypeError, match="weights are torch.float32 but the input is torch.float16"):
         model(x.half())

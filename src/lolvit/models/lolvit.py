@@ -91,15 +91,19 @@ def check_input(x: Tensor, in_chans: int, min_size: int = MIN_INPUT_SIZE,
     """
     if not x.is_floating_point():
         raise TypeError(
-            "LOLViT expects a floating-point input (normalised, dtype " + str(weight_dtype or torch.float32)
-            + "), got " + str(x.dtype) + ": convert images with x.float() / 255 and normalise with the "
-            "model's mean/std (timm.data.resolve_model_data_config)"
+            "LOLViT expects a floating-point (normalised) input, got " + str(x.dtype)
+            + ": convert images with x.float() / 255 and normalise with the model's mean/std "
+            "(timm.data.resolve_model_data_config)"
         )
-    if weight_dtype is not None and x.dtype != weight_dtype and not torch.is_autocast_enabled(x.device.type):
-        raise TypeError(
-            "LOLViT weights are " + str(weight_dtype) + " but the input is " + str(x.dtype)
-            + ": pass x.to(" + str(weight_dtype) + "), convert the model with model.to(dtype), or run under torch.autocast"
-        )
+    if weight_dtype is not None and x.dtype != weight_dtype:
+        autocast = False
+        if not torch.jit.is_scripting():  # alone in its condition: TorchScript skips the block
+            autocast = torch.is_autocast_enabled(x.device.type)
+        if not autocast:
+            raise TypeError(
+                "LOLViT weights are " + str(weight_dtype) + " but the input is " + str(x.dtype) + ": pass x.to("
+                + str(weight_dtype) + "), convert the model with model.to(dtype), or run under torch.autocast"
+            )
     if x.dim() != 4:
         raise ValueError("LOLViT expects a 4D (B, C, H, W) tensor, got shape " + str(list(x.shape)))
     if x.shape[1] != in_chans:

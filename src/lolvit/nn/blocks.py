@@ -247,9 +247,10 @@ class LOLViTBlock(nn.Module):
         g = self.norm(t).reshape(B, P, P, h, w, C).permute(0, 5, 3, 1, 4, 2).reshape(B, C, h * P, w * P)
         if P > 1:
             g = g[:, :, :H, :W]
-        if not torch.jit.is_scripting() and torch.compiler.is_compiling() and not torch.compiler.is_exporting():
-            # Inductor cannot order the symbolic strides of this (B, C, H, W) view of the tokens when
-            # it is saved for backward under dynamic shapes (pytorch#185510: "cannot determine truth
-            # value of Relational"); a contiguous copy, which Inductor fuses into the LayerNorm, is not a view
-            g = g.contiguous()
+        if not torch.jit.is_scripting():  # alone in its condition: TorchScript then skips the block
+            if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+                # Inductor cannot order the symbolic strides of this (B, C, H, W) view of the tokens when
+                # it is saved for backward under dynamic shapes (pytorch#185510: "cannot determine truth
+                # value of Relational"); a contiguous copy, which Inductor fuses into the LayerNorm, is not a view
+                g = g.contiguous()
         return self.fusion(x, self.down(g))
