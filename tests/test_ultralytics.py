@@ -1,4 +1,5 @@
 """LOLViT in ultralytics YOLO: YAMLs, offline train/val/predict/export, fuse, bad input (issue 5)."""
+import os
 import shutil
 from pathlib import Path
 
@@ -151,6 +152,20 @@ def test_bad_data_yaml_and_names(tmp_path):
     (tmp_path / "d.yaml").write_text(f"path: {tmp_path}\ntrain: images/train\nval: images/val\nnames:\n  0: a\n")
     with pytest.raises(FileNotFoundError, match="train path"):
         lu.train("lolvit-s-det", tmp_path / "d.yaml", epochs=1, imgsz=64)
+    (tmp_path / "bad.yaml").write_text("train: [unclosed\n")
+    with pytest.raises(ValueError, match="does not parse"):
+        lu.check_data_yaml(tmp_path / "bad.yaml")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "images").mkdir()
+    (tmp_path / "sub" / "r.yaml").write_text("path: sub\ntrain: images\nval: images\nnames:\n  0: a\n")
+    with pytest.raises(FileNotFoundError, match="relative path 'sub' .*working directory"):
+        lu.check_data_yaml(tmp_path / "sub" / "r.yaml")  # cwd is not tmp_path: ultralytics would not find it
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert lu.check_data_yaml(tmp_path / "sub" / "r.yaml")["path"] == "sub"
+    finally:
+        os.chdir(cwd)
     (tmp_path / "e.yaml").write_text("train: x\n")
     with pytest.raises(ValueError, match="no 'val'"):
         lu.check_data_yaml(tmp_path / "e.yaml")

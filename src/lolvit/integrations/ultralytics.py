@@ -322,16 +322,26 @@ def check_data_yaml(data: Union[str, Path]) -> Dict[str, Any]:
     path = Path(data)
     if not path.is_file():
         raise FileNotFoundError(f"data YAML {str(data)!r} does not exist")
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            cfg = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        raise ValueError(f"data YAML {str(path)!r} does not parse: {' '.join(str(e).split())}") from None
     if not isinstance(cfg, dict):
         raise ValueError(f"data YAML {str(path)!r} is not a mapping")
     for key in ("train", "val", "names"):
         if key not in cfg:
             raise ValueError(f"data YAML {str(path)!r} has no {key!r} entry")
-    root = Path(cfg.get("path") or path.parent)
+    root = Path(cfg["path"]) if cfg.get("path") else path.parent
     if not root.is_absolute():
-        root = (path.parent / root).resolve()
+        # ultralytics takes a relative ``path:`` from the working directory (then from its
+        # datasets_dir), never from the YAML's folder: check the folder it will use
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"data YAML {str(path)!r}: relative path {str(cfg['path'])!r} is not a folder under the working "
+                f"directory {os.getcwd()!r}; ultralytics resolves it from there (then from its datasets_dir), "
+                "not from the YAML's folder: write an absolute path or run from the folder it is relative to")
+        root = root.resolve()
     for key in ("train", "val"):
         entries = cfg[key] if isinstance(cfg[key], list) else [cfg[key]]
         for entry in entries:
