@@ -112,3 +112,18 @@ def test_init_from_adapts_the_classifier(tmp_path):
     torch.testing.assert_close(a.stem.conv.weight, b.stem.conv.weight, atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="does not fit"):
         train(TrainConfig(**{**cfg.__dict__, "model": "lolvit_x", "out": str(tmp_path / "ft2")}))
+
+
+def test_compare_trains_tabulates_and_reuses_runs(tmp_path):
+    """`lolvit compare`: one run folder per model and seed, compare.md/json + curves; --no-train reuses
+    the runs; --latency-repeats 0 leaves the latency column empty instead of failing after training."""
+    out = tmp_path / "cmp"
+    assert main(["compare", "lolvit_s", "--data", "digits", *TINY, "--out", str(out), "--latency-repeats", "0"]) == 0
+    md = (out / "compare.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| lolvit_s |"))
+    assert row.split("|")[4].strip() == "-"
+    assert (out / "curves.png").is_file() and (out / "runs" / "lolvit_s-s0" / "recipe.yaml").is_file()
+    assert main(["compare", "lolvit_s", "--data", "digits", *TINY, "--out", str(out), "--no-train",
+                 "--latency-repeats", "2"]) == 0
+    row = next(line for line in (out / "compare.md").read_text().splitlines() if line.startswith("| lolvit_s |"))
+    assert float(row.split("|")[4]) > 0

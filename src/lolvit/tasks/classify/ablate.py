@@ -100,7 +100,8 @@ def run_ablation(tables: Sequence[str], base: TrainConfig, out: str, rows: Optio
             from ...nn.fuse import fuse
 
             nets = {v.label: fuse(build_model(v.model, 10, **v.kwargs)).eval() for v in variants}
-            lat = interleaved_latency_ms(nets, (base.img_size, base.img_size), repeats=latency_repeats)
+            lat = (interleaved_latency_ms(nets, (base.img_size, base.img_size), repeats=latency_repeats)
+                   if latency_repeats > 0 else None)
         md = format_table(grid["title"], variants, summaries, lat, base, seeds)
         o.mkdir(parents=True, exist_ok=True)
         (o / f"table{t}.md").write_text(md)

@@ -95,6 +95,13 @@ def _config(args: argparse.Namespace, **fixed: Any):
                                                    "exist_ok": getattr(args, "exist_ok", False), **fixed})
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def register(sub: "argparse._SubParsersAction") -> None:
     p = sub.add_parser("train", help="train a classifier (LOLViT or any timm model); torchrun for DDP",
                        description="Options default to the recipe (--recipe, else the data's default recipe); "
@@ -122,7 +129,7 @@ def register(sub: "argparse._SubParsersAction") -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     _train_args(p)
     p.add_argument("--out", default="runs/compare")
-    p.add_argument("--latency-repeats", type=int, default=30)
+    p.add_argument("--latency-repeats", type=_non_negative_int, default=30, help="0: no latency column")
     p.add_argument("--no-train", action="store_true", help="only tabulate runs that exist (no training)")
     p.set_defaults(func=_compare)
 

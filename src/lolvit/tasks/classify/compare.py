@@ -95,7 +95,7 @@ def compare(models: Sequence[str], base: TrainConfig, out: str, seeds: Sequence[
     from ...nn.fuse import fuse
 
     nets = {k: fuse(build_model(r["variant"].model, 10, **r["variant"].kwargs)).eval() for k, r in results.items()}
-    latency = interleaved_latency_ms(nets, size, repeats=latency_repeats)
+    latency = interleaved_latency_ms(nets, size, repeats=latency_repeats) if latency_repeats > 0 else dict.fromkeys(nets)
     for k, r in results.items():
         r.update(params=count_params(nets[k]), gflops=count_flops(nets[k], size)[0] / 1e9, latency_ms=latency[k],
                  seeds=len(r["histories"]))
@@ -114,13 +114,17 @@ def compare(models: Sequence[str], base: TrainConfig, out: str, seeds: Sequence[
     return data
 
 
+def _ms(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_compare(results: Dict[str, Dict[str, Any]], base: TrainConfig, seeds: Sequence[int], threads: int,
                    title: Optional[str] = None) -> str:
     lines = [f"## {title or 'Comparison'}", "",
              f"| model | params (M) | GFLOPs {base.img_size} px | latency (ms) | top-1 (%) mean | spread | per seed | "
              "train img/s | train time (min) |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     for k, r in results.items():
-        lines.append(f"| {k} | {r['params'] / 1e6:.2f} | {r['gflops']:.3f} | {r['latency_ms']:.2f} | "
+        lines.append(f"| {k} | {r['params'] / 1e6:.2f} | {r['gflops']:.3f} | {_ms(r['latency_ms'])} | "
                      f"{r['top1_mean']:.2f} | {r['top1_spread']:.2f} | {', '.join(f'{t:.2f}' for t in r['top1'])} | "
                      f"{r['img_s']:.0f} | {statistics.fmean(r['train_s']) / 60:.1f} |")
     lines += ["", f"recipe {base.recipe} ({base.data}, {base.img_size} px, {base.epochs} epochs, {base.opt}, "
