@@ -723,29 +723,31 @@ def _check_writable(out: Path) -> None:
         raise ValueError(f"cannot write the run folder --out {out}: {e.strerror or e}") from None
 
 
-def write_train_state(out: Path, tensors: Dict[str, torch.Tensor], state: Dict[str, Any]) -> None:
-    """``out/state.safetensors``: tensors plus the JSON state in its metadata, atomically."""
+def write_train_state(out: Path, tensors: Dict[str, torch.Tensor], state: Dict[str, Any],
+                      fmt: str = STATE_FORMAT) -> None:
+    """``out/state.safetensors``: tensors plus the JSON state (tagged ``fmt``) in its metadata, atomically."""
     from safetensors.torch import save
 
     from ...io import tensor_checksum
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {"format": STATE_FORMAT, "version": str(STATE_VERSION), "state": json.dumps(state),
+    meta = {"format": fmt, "version": str(STATE_VERSION), "state": json.dumps(state),
             "sha256": tensor_checksum(tensors)}
     atomic_write_bytes(Path(out) / STATE_FILE, save(tensors, metadata=meta))
 
 
-def read_train_state(out: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def read_train_state(out: Path, fmt: str = STATE_FORMAT, what: str = "training state"
+                     ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
     """(tensors, state) of the run in ``out``, its checksum verified; FileNotFoundError/ValueError
     name what is wrong."""
     from ...io import read_safetensors
 
     path = Path(out) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"--resume: no training state to resume in {out} (expected {path})")
+        raise FileNotFoundError(f"--resume: no {what} to resume in {out} (expected {path})")
     tensors, meta = read_safetensors(path)
     try:
-        if meta.get("format") != STATE_FORMAT or meta.get("version") != str(STATE_VERSION):
+        if meta.get("format") != fmt or meta.get("version") != str(STATE_VERSION):
             raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}")
         state = json.loads(meta["state"])
     except (ValueError, KeyError) as e:

@@ -11,14 +11,12 @@ training loops written as one function per epoch.
   classification's :class:`~lolvit.tasks.classify.train.RunLogger`;
 - ``curves.png``: losses and validation metrics per epoch.
 """
-import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from ...io import atomic_write_bytes
 
 __all__ = ["DenseRun", "STATE_FILE", "read_run_state", "plot_dense_curves"]
 
@@ -29,21 +27,13 @@ RUN_FILES = ("last.safetensors", "last.json", STATE_FILE, "results.csv", "curves
 
 
 def read_run_state(out: PathLike, kind: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """(tensors, state) of the ``kind`` run in ``out``; FileNotFoundError/ValueError name the problem."""
-    from safetensors import safe_open
+    """(tensors, state) of the ``kind`` run in ``out`` (checksum verified); FileNotFoundError/ValueError
+    name the problem."""
+    from ..classify.train import read_train_state
 
-    path = Path(out) / STATE_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume: no {kind} run to resume in {out} (expected {path})")
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-        state = json.loads(meta["state"])
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        raise ValueError(f"{path} is not a readable lolvit training state ({type(e).__name__}: {e})") from None
-    if meta.get("format") != STATE_FORMAT or state.get("kind") != kind:
-        raise ValueError(f"{path} is not a {kind} run (format {meta.get('format')!r}, kind {state.get('kind')!r})")
+    tensors, state = read_train_state(Path(out), STATE_FORMAT, f"{kind} run")
+    if state.get("kind") != kind:
+        raise ValueError(f"{Path(out) / STATE_FILE} is not a {kind} run (kind {state.get('kind')!r})")
     return tensors, state
 
 
@@ -121,7 +111,7 @@ class DenseRun:
     def epoch_end(self, row: Dict[str, Any], model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
                   save_last: Callable[[Path], Path]) -> None:
         """Record epoch ``row`` (with its ``epoch`` number) and write the state, ``last`` and the logs."""
-        from safetensors.torch import save
+        from ..classify.train import write_train_state
 
         self.history.append(row)
         self.epoch = int(row["epoch"])
@@ -129,9 +119,7 @@ class DenseRun:
         tensors = {**opt_t, **{f"model.{k}": v for k, v in model.state_dict().items()}}
         state = {"kind": self.kind, "config": self.config, "epoch": self.epoch, "history": self.history,
                  "optimizer": opt_meta, "scheduler": sched.state_dict()}
-        blob = save({k: v.detach().contiguous().cpu() for k, v in tensors.items()},
-                    metadata={"format": STATE_FORMAT, "state": json.dumps(state)})
-        atomic_write_bytes(self.out / STATE_FILE, blob)
+        write_train_state(self.out, tensors, state, STATE_FORMAT)
         save_last(self.out / "last")
         self.logger.log(self.history)
 
